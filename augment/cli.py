@@ -1,0 +1,260 @@
+"""The ``augment`` command: one thin command per pipeline stage.
+
+Each command reads its section of ``params.yaml`` (``--params``), lets options override it,
+and hands a validated config to the stage's function. Errors that are the input's fault are
+printed on one line and exit 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from augment import __version__
+from augment.config import (
+    EvaluateConfig,
+    PhantomsConfig,
+    PreprocessConfig,
+    SampleConfig,
+    TrainConfig,
+    load,
+)
+from augment.errors import AugmentError
+
+app = typer.Typer(
+    name="augment",
+    help="Synthetic training data for medical imaging: preprocess, train a DCGAN, sample, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", help="Parameter file; the stage reads its own section.")
+]
+_state: dict[str, bool] = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"augment {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=1)
+
+
+def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a stage function, turning user-caused errors into one clear line."""
+    if _state["debug"]:
+        return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except AugmentError as exc:
+        raise _fail(str(exc)) from None
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as exc:
+        name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        raise _fail(f"{name}{exc.strerror or exc}") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _fail(f"{exc.filename or 'output'}: no space left on the device") from None
+        raise
+
+
+def _config(cls: Any, section: str, params: Path, **overrides: Any) -> Any:
+    return _run(load, cls, section, params, overrides)
+
+
+@app.command()
+def phantoms(
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("data/phantoms"),
+    patients: Annotated[int | None, typer.Option(help="Number of patients.")] = None,
+    size: Annotated[int | None, typer.Option(help="In-plane matrix size.")] = None,
+    slices: Annotated[int | None, typer.Option(help="Slices per volume.")] = None,
+    prevalence: Annotated[float | None, typer.Option(help="Share of patients with lesions.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Write the demo data set: CT-like phantoms as DICOM series and NIfTI (MSD layout).
+
+    Example: augment phantoms --out data/phantoms --patients 16 --seed 0
+    """
+    cfg = _config(
+        PhantomsConfig, "phantoms", params,
+        patients=patients, size=size, slices=slices, prevalence=prevalence, seed=seed,
+    )  # fmt: skip
+    from augment.phantoms import make_phantoms
+
+    _run(make_phantoms, cfg, out)
+
+
+@app.command()
+def preprocess(
+    inputs: Annotated[
+        list[Path], typer.Option("--input", "-i", help="Input root (repeatable): DICOM or NIfTI.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="SliceStore directory.")] = Path(
+        "data/slices"
+    ),
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="CSV of patient,class (labels_from: csv).")
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option("--key-file", help="Secret key for pseudonyms (default: see docs)."),
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Slice size S (32, 64, 128, 256).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel volume readers.")] = None,
+    strict: Annotated[
+        bool | None, typer.Option("--strict/--no-strict", help="Stop at the first bad input.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the patient split.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Turn DICOM series and NIfTI volumes into a patient-split SliceStore.
+
+    Example: augment preprocess --input data/phantoms/dicom --out data/slices --size 64
+    """
+    cfg = _config(
+        PreprocessConfig, "preprocess", params,
+        size=size, workers=workers, strict=strict, seed=seed,
+    )  # fmt: skip
+    from augment.preprocess import preprocess as run_preprocess
+
+    _run(run_preprocess, cfg, inputs, out, labels_csv=labels, key_file=key_file)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", help="SliceStore directory.")] = Path(
+        "data/slices"
+    ),
+    out: Annotated[Path, typer.Option("--out", help="Model directory.")] = Path("models/dcgan"),
+    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    loss: Annotated[str | None, typer.Option(help="bce, hinge or wgan-gp.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of train patients.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="A few tiny steps end to end, for smoke tests.")
+    ] = False,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Train the DCGAN on the train split of a SliceStore.
+
+    Example: augment train --data data/slices --out models/dcgan --steps 2000
+    """
+    cfg = _config(
+        TrainConfig, "train", params,
+        steps=steps, batch_size=batch_size, loss=loss, fraction=fraction, device=device, seed=seed,
+    )  # fmt: skip
+    from augment.train import train as run_train
+
+    _run(run_train, cfg, data, out, resume=resume, dry_run=dry_run)
+
+
+@app.command()
+def sample(
+    n: Annotated[int | None, typer.Option("--n", help="Number of synthetic slices.")] = None,
+    model: Annotated[Path, typer.Option("--model", help="Model directory.")] = Path(
+        "models/dcgan"
+    ),
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path(
+        "data/synthetic"
+    ),
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="nnunet, png, npz or dicom.")
+    ] = None,
+    class_ratio: Annotated[
+        str | None,
+        typer.Option("--class-ratio", help="Per-class shares, e.g. 'normal=1,lesion=3'."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed; the same seed gives the same files.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Generator batch size.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, ...")] = None,
+    truncation: Annotated[float | None, typer.Option(help="Clip |z| to this value.")] = None,
+    merge_with_real: Annotated[
+        Path | None,
+        typer.Option("--merge-with-real", help="nnU-Net raw data set to merge the samples into."),
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="Replace an existing output.")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Sample a synthetic data set (nnU-Net layout by default) from a model directory.
+
+    Example: augment sample --n 5000 --model models/dcgan --out data/synthetic
+    """
+    ratio = _run(_parse_ratio, class_ratio) if class_ratio else None
+    cfg = _config(
+        SampleConfig, "sample", params,
+        n=n, format=fmt, class_ratio=ratio, seed=seed, batch_size=batch_size, device=device,
+        truncation=truncation, overwrite=overwrite,
+    )  # fmt: skip
+    from augment.sample import sample as run_sample
+
+    _run(run_sample, cfg, model, out, merge_with_real=merge_with_real)
+
+
+def _parse_ratio(text: str) -> dict[str, float]:
+    from augment.errors import ConfigError
+
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ConfigError(f"--class-ratio: expected name=number pairs, got {part!r}")
+    return out
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="SliceStore directory.")] = Path(
+        "data/slices"
+    ),
+    model: Annotated[Path, typer.Option("--model", help="Model directory.")] = Path(
+        "models/dcgan"
+    ),
+    synthetic: Annotated[Path, typer.Option("--synthetic", help="Synthetic set.")] = Path(
+        "data/synthetic"
+    ),
+    out: Annotated[Path, typer.Option("--out", help="Reports directory.")] = Path("reports"),
+    seeds: Annotated[int | None, typer.Option(help="Seeds per arm.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, ...")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Measure whether synthetic slices help a downstream classifier; check fidelity and copying.
+
+    Example: augment evaluate --data data/slices --synthetic data/synthetic --out reports
+    """
+    cfg = _config(EvaluateConfig, "evaluate", params, seeds=seeds, device=device)
+    from augment.evaluate import evaluate as run_evaluate
+
+    _run(run_evaluate, cfg, data, model, synthetic, out)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,208 @@
+"""Typed configuration, one model per stage, read from a section of ``params.yaml``.
+
+Each stage's defaults live here; ``params.yaml`` overrides them, and command-line options
+override ``params.yaml``. Validation is pydantic's: an unknown key, a wrong type or an
+out-of-range value becomes a :class:`ConfigError` whose message names the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from augment.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PhantomsConfig(_Section):
+    """The embedded demo data set: CT-like abdominal volumes with lesion masks."""
+
+    patients: int = Field(16, ge=2, le=10_000, description="number of patients")
+    size: int = Field(128, ge=32, le=1024, description="in-plane matrix size (pixels)")
+    slices: int = Field(40, ge=4, le=2000, description="slices per volume")
+    pixel_spacing: float = Field(2.8, gt=0, le=10, description="in-plane spacing (mm)")
+    slice_thickness: float = Field(5.0, gt=0, le=20, description="slice spacing (mm)")
+    prevalence: float = Field(0.5, ge=0, le=1, description="fraction of patients with lesions")
+    noise_hu: float = Field(12.0, ge=0, le=200, description="std of the image noise (HU)")
+    formats: list[Literal["dicom", "nifti"]] = Field(
+        default_factory=lambda: ["dicom", "nifti"], min_length=1
+    )
+    seed: int = Field(0, ge=0)
+
+
+class WindowConfig(_Section):
+    """An explicit intensity window (centre and width, in the image's units)."""
+
+    center: float
+    width: float = Field(gt=0)
+
+
+class SplitConfig(_Section):
+    """Fractions of patients per split; they must sum to 1."""
+
+    train: float = Field(0.6, ge=0, le=1)
+    val: float = Field(0.2, ge=0, le=1)
+    test: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        if self.train <= 0:
+            raise ValueError("the train fraction must be above 0")
+        return self
+
+
+class PreprocessConfig(_Section):
+    """Volumes to patient-split 2D slices (the SliceStore)."""
+
+    format: Literal["auto", "dicom", "nifti"] = "auto"
+    axis: Literal["axial", "coronal", "sagittal"] = "axial"
+    size: Literal[32, 64, 128, 256] = 64
+    window: Literal["abdomen", "lung", "brain", "bone", "percentile"] | WindowConfig = "abdomen"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    spacing: float | None = Field(None, gt=0, description="in-plane resampling (mm)")
+    body_threshold: float = Field(-500.0, description="voxels above this count as body")
+    min_body_fraction: float = Field(0.05, ge=0, le=1)
+    labels_from: Literal["mask", "csv"] = "mask"
+    min_lesion_pixels: int = Field(10, ge=1)
+    class_names: list[str] = Field(default_factory=lambda: ["normal", "lesion"], min_length=1)
+    channel: int | None = Field(None, ge=0, description="channel of 4D/multichannel input")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    seed: int = Field(0, ge=0)
+    workers: int = Field(1, ge=1, le=256)
+    strict: bool = False
+
+
+class TrainConfig(_Section):
+    """The DCGAN and its training run."""
+
+    nz: int = Field(100, ge=1, le=4096)
+    ngf: int = Field(64, ge=4, le=1024)
+    ndf: int = Field(64, ge=4, le=1024)
+    projection: Literal["dense", "conv"] = "conv"
+    loss: Literal["bce", "hinge", "wgan-gp"] = "bce"
+    spectral_norm: bool = True
+    d_batchnorm: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+    conditional: bool = True
+    with_masks: Literal["auto", "yes", "no"] = "auto"
+    diffaug: list[Literal["translation", "cutout", "color"]] = Field(default_factory=list)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    n_critic: int = Field(1, ge=1, le=20)
+    gp_weight: float = Field(10.0, ge=0)
+    fraction: float = Field(1.0, gt=0, le=1, description="share of train patients used")
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    compile: bool = False
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    divergence_patience: int = Field(20, ge=1)
+
+
+class SampleConfig(_Section):
+    """Synthetic data sets from a trained model directory."""
+
+    n: int = Field(1000, ge=1, le=10_000_000)
+    format: Literal["nnunet", "png", "npz", "dicom"] = "nnunet"
+    class_ratio: dict[str, float] | None = None
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(256, ge=1)
+    device: str = "auto"
+    truncation: float | None = Field(None, gt=0)
+    png_bits: Literal[8, 16] = 8
+    dataset_id: int = Field(501, ge=1, le=999)
+    dataset_name: str = "AugmentSynthetic"
+    overwrite: bool = False
+
+
+class EvaluateConfig(_Section):
+    """The downstream gain experiment, fidelity and memorisation checks."""
+
+    classifier: Literal["densenet121", "resnet18", "small"] = "small"
+    seeds: int = Field(3, ge=1, le=50)
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    synthetic_ratio: float = Field(1.0, ge=0)
+    bootstrap: int = Field(1000, ge=100)
+    memorisation_threshold: float = Field(0.05, ge=0, le=1)
+    k: int = Field(5, ge=1)
+    device: str = "auto"
+    seed: int = Field(0, ge=0)
+
+
+STAGES: dict[str, type[_Section]] = {
+    "phantoms": PhantomsConfig,
+    "preprocess": PreprocessConfig,
+    "train": TrainConfig,
+    "sample": SampleConfig,
+    "evaluate": EvaluateConfig,
+}
+
+C = TypeVar("C", bound=_Section)
+
+
+def read_params(path: Path) -> dict[str, Any]:
+    """Read a params file; a missing file means no overrides.
+
+    Raises:
+        ConfigError: the file is not a YAML mapping of stage sections.
+    """
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(f"{path}: expected a mapping of stage sections, got {kind}")
+    return data
+
+
+def load(cls: type[C], section: str, params: Path, overrides: dict[str, Any] | None = None) -> C:
+    """Build one stage's config from its section of ``params`` and option overrides.
+
+    Args:
+        cls: the stage's config model.
+        section: the key of the stage's section in the params file.
+        params: path of the params file (missing: defaults only).
+        overrides: values from command-line options; ``None`` values are ignored.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or an out-of-range value, named.
+    """
+    values = dict(read_params(params).get(section) or {})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, params, section)) from exc
+
+
+def _describe(exc: ValidationError, params: Path, section: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join([section, *(str(p) for p in err["loc"])])
+    if err["type"] == "extra_forbidden":
+        return f"{params}: unknown key {key}"
+    got = err.get("input")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{params}: {key}: {err['msg'].lower()}, got {got!r}{more}"

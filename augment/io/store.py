@@ -1,0 +1,209 @@
+"""The SliceStore: preprocess's output, train's and evaluate's input.
+
+Layout of a store directory (see docs/architecture.md):
+
+- ``images.npy``: (N, 1, S, S) float16 in [-1, 1], memory-mapped on read;
+- ``masks.npy``: (N, 1, S, S) uint8 label ids, only when the input had masks;
+- ``slices.csv``: row i describes images[i]: patient, source, z, label, split (+ extra columns);
+- ``meta.json``: slice size, window, class names, counts, parameters, skipped inputs.
+
+The writer streams: slices are appended to raw files and copied into the ``.npy`` files at
+the end, so memory stays bounded whatever the number of slices.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from augment.errors import StoreError
+from augment.io.atomic import atomic_dir
+
+SPLITS = ("train", "val", "test")
+REQUIRED_COLUMNS = ("patient", "source", "z", "label", "split")
+_CHUNK = 4096
+
+
+@dataclass
+class SliceStore:
+    """A SliceStore opened for reading.
+
+    Attributes:
+        root: the store directory.
+        images: (N, 1, S, S) float16, memory-mapped.
+        masks: (N, 1, S, S) uint8 or None.
+        rows: one dict per slice (values as strings, ``z`` and ``label`` as int).
+        meta: the parsed ``meta.json``.
+    """
+
+    root: Path
+    images: np.ndarray
+    masks: np.ndarray | None
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, root: Path) -> SliceStore:
+        """Open a store written by :class:`SliceStoreWriter`.
+
+        Raises:
+            StoreError: a file is missing or the files disagree.
+        """
+        root = Path(root)
+        for name in ("images.npy", "slices.csv", "meta.json"):
+            if not (root / name).is_file():
+                raise StoreError(f"{root}: not a slice store, {name} is missing")
+        images = np.load(root / "images.npy", mmap_mode="r")
+        has_masks = (root / "masks.npy").exists()
+        masks = np.load(root / "masks.npy", mmap_mode="r") if has_masks else None
+        with open(root / "slices.csv", newline="") as fh:
+            rows = [_typed(r) for r in csv.DictReader(fh)]
+        meta = json.loads((root / "meta.json").read_text())
+        if images.ndim != 4 or images.shape[1] != 1 or len(rows) != images.shape[0]:
+            raise StoreError(
+                f"{root}: expected images (N, 1, S, S) with N = {len(rows)} rows, "
+                f"got {images.shape}"
+            )
+        if masks is not None and masks.shape != images.shape:
+            raise StoreError(f"{root}: masks {masks.shape} differ from images {images.shape}")
+        return cls(root, images, masks, rows, meta)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names", ["normal", "lesion"]))
+
+    def indices(self, split: str, patients: set[str] | None = None) -> np.ndarray:
+        """Row indices of one split, optionally restricted to some patients."""
+        if split not in SPLITS:
+            raise ValueError(f"expected a split in {SPLITS}, got {split!r}")
+        return np.array(
+            [
+                i
+                for i, r in enumerate(self.rows)
+                if r["split"] == split and (patients is None or r["patient"] in patients)
+            ],
+            dtype=np.int64,
+        )
+
+    def labels(self, idx: np.ndarray | None = None) -> np.ndarray:
+        lab = np.array([r["label"] for r in self.rows], dtype=np.int64)
+        return lab if idx is None else lab[idx]
+
+    def patients(self, split: str) -> list[str]:
+        """The sorted distinct patients of one split."""
+        return sorted({r["patient"] for r in self.rows if r["split"] == split})
+
+
+def _typed(row: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(row)
+    out["z"] = int(row["z"])
+    out["label"] = int(row["label"])
+    return out
+
+
+@dataclass
+class SliceStoreWriter:
+    """Stream slices into a new store that appears at ``target`` only when closed cleanly.
+
+    Use as a context manager::
+
+        with SliceStoreWriter(out, size=64, with_masks=True) as w:
+            w.add(images, masks, rows)   # images (n, S, S) float in [-1, 1]
+            w.meta.update(...)
+    """
+
+    target: Path
+    size: int
+    with_masks: bool
+    meta: dict[str, Any] = field(default_factory=dict)
+    _n: int = 0
+    _rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def __enter__(self) -> SliceStoreWriter:
+        self._ctx = atomic_dir(Path(self.target))
+        self._dir = self._ctx.__enter__()
+        self._img_raw = open(self._dir / "images.raw", "wb")  # noqa: SIM115
+        self._msk_raw = open(self._dir / "masks.raw", "wb") if self.with_masks else None  # noqa: SIM115
+        return self
+
+    def add(self, images: np.ndarray, masks: np.ndarray | None, rows: list[dict[str, Any]]) -> None:
+        """Append slices: ``images`` (n, S, S) in [-1, 1], ``masks`` (n, S, S) uint8, n rows."""
+        images = np.asarray(images)
+        n, s = images.shape[0], self.size
+        if images.shape != (n, s, s) or len(rows) != n:
+            raise ValueError(f"expected ({len(rows)}, {s}, {s}) images, got {images.shape}")
+        if not np.isfinite(images).all() or images.min() < -1 or images.max() > 1:
+            raise ValueError("slice intensities must be finite and within [-1, 1]")
+        missing = [c for c in REQUIRED_COLUMNS if any(c not in r for r in rows)]
+        if missing:
+            raise ValueError(f"slice rows lack columns {missing}")
+        if any(r["split"] not in SPLITS for r in rows):
+            raise ValueError(f"split must be one of {SPLITS}")
+        self._img_raw.write(images.astype(np.float16).tobytes())
+        if self._msk_raw is not None:
+            if masks is None or masks.shape != images.shape:
+                raise ValueError(f"expected masks of shape {images.shape}")
+            self._msk_raw.write(np.asarray(masks, dtype=np.uint8).tobytes())
+        self._rows.extend(rows)
+        self._n += n
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._img_raw.close()
+        if self._msk_raw is not None:
+            self._msk_raw.close()
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException as err:
+                self._ctx.__exit__(type(err), err, err.__traceback__)
+                raise
+        self._ctx.__exit__(exc_type, exc, tb)
+
+    def _finish(self) -> None:
+        if self._n == 0:
+            raise ValueError("no slices were written")
+        shape = (self._n, 1, self.size, self.size)
+        _raw_to_npy(self._dir / "images.raw", self._dir / "images.npy", np.float16, shape)
+        if self.with_masks:
+            _raw_to_npy(self._dir / "masks.raw", self._dir / "masks.npy", np.uint8, shape)
+        columns = list(REQUIRED_COLUMNS) + sorted(
+            {k for r in self._rows for k in r} - set(REQUIRED_COLUMNS)
+        )
+        with open(self._dir / "slices.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self._rows)
+        self.meta.setdefault("size", self.size)
+        self.meta["n_slices"] = self._n
+        self.meta["counts"] = _counts(self._rows)
+        (self._dir / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
+
+
+def _raw_to_npy(raw: Path, npy: Path, dtype: type, shape: tuple[int, ...]) -> None:
+    src = np.memmap(raw, dtype=dtype, mode="r", shape=shape)
+    dst = np.lib.format.open_memmap(npy, mode="w+", dtype=dtype, shape=shape)
+    for start in range(0, shape[0], _CHUNK):
+        dst[start : start + _CHUNK] = src[start : start + _CHUNK]
+    dst.flush()
+    del src, dst
+    raw.unlink()
+
+
+def _counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    slices = Counter((r["split"], int(r["label"])) for r in rows)
+    patients = {s: len({r["patient"] for r in rows if r["split"] == s}) for s in SPLITS}
+    per_split = {s: {str(c): n for (sp, c), n in sorted(slices.items()) if sp == s} for s in SPLITS}
+    return {
+        "slices": per_split,
+        "patients": patients,
+    }
