@@ -1,0 +1,49 @@
+"""The command line, in process: help, version, and one-line errors without tracebacks."""
+
+import pytest
+from typer.testing import CliRunner
+
+from augment import __version__
+from augment.cli import app
+
+runner = CliRunner()
+STAGES = ["phantoms", "preprocess", "train", "sample", "evaluate"]
+
+
+def test_help_lists_every_stage():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for stage in STAGES:
+        assert stage in result.output
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_help_shows_an_example(stage):
+    result = runner.invoke(app, [stage, "--help"])
+    assert result.exit_code == 0
+    assert f"Example: augment {stage}" in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+def test_bad_param_is_one_line_naming_the_key(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  steps: -3\n")
+    result = runner.invoke(app, ["train", "--params", str(params), "--data", str(tmp_path)])
+    assert result.exit_code == 1
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert "train.steps" in lines[0] and "Traceback" not in result.output
+
+
+def test_option_out_of_range_is_refused(tmp_path):
+    result = runner.invoke(
+        app, ["phantoms", "--patients", "1", "--out", str(tmp_path / "x"), "--params", "none.yaml"]
+    )
+    assert result.exit_code == 1
+    assert "phantoms.patients" in result.output
+    assert not (tmp_path / "x").exists()
