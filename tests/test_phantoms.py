@@ -1,4 +1,4 @@
-"""Tests of the demo data generator (augment/phantoms.py) on tiny phantoms."""
+"""Tests of the demo data generator (augment/phantoms/) on tiny phantoms."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import pytest
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from augment import phantoms
 from augment.cli import app
 from augment.config import PhantomsConfig
-from augment.phantoms import Tissue, generate_phantom, lesion_patients, make_phantoms
+from augment.phantoms import Tissue, generate_phantom, lesion_patients, make_phantoms, writers
 
 SMALL = {"patients": 4, "size": 48, "slices": 8}
 
@@ -97,7 +96,7 @@ def test_a_failed_run_leaves_no_output(tmp_path: Path, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(phantoms, "write_nifti", boom)
+    monkeypatch.setattr(writers, "write_nifti", boom)
     with pytest.raises(OSError):
         make_phantoms(_cfg(patients=2), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
