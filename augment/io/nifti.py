@@ -1,0 +1,285 @@
+"""NIfTI reader: ``.nii``/``.nii.gz`` volumes (and label volumes) into canonical Volumes.
+
+Every reader of this package returns the same canonical orientation, so that a scan read from
+DICOM and from NIfTI gives the same array: the volume is first turned to the closest RAS+ voxel
+order (what ``nibabel.as_closest_canonical`` does) and then laid out as (Z, Y, X) with Z running
+from inferior to superior, Y from anterior to posterior and X from the patient's right to left,
+which is how a radiologist views an axial slice (the DICOM display convention).
+
+Data sets are found in three layouts: Decathlon / nnU-Net (``imagesTr`` + ``labelsTr``), a
+folder of volumes with masks named by a pattern (``{case}_seg.nii.gz``), or a folder of volumes
+without masks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
+from augment.errors import InputError
+from augment.io.volume import Volume
+
+SUFFIXES = (".nii.gz", ".nii")
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_LABEL_DIRS = {"imagesTr": "labelsTr", "imagesTs": "labelsTs"}
+# Errors nibabel, gzip and numpy raise on damaged files.
+_READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError)
+
+
+@dataclass(frozen=True)
+class NiftiCase:
+    """One image file of a NIfTI data set, with its mask file when there is one.
+
+    Attributes:
+        image: the image file.
+        mask: the label file, or None.
+        case: the case name (file name without extension and nnU-Net channel suffix); it is
+            the raw patient id, so it must never be written out as it is.
+        root: the input root the files were found under.
+    """
+
+    image: Path
+    mask: Path | None
+    case: str
+    root: Path
+
+
+def is_nifti(path: Path) -> bool:
+    """Whether a file name has a NIfTI extension."""
+    return path.name.endswith(SUFFIXES)
+
+
+def strip_suffix(name: str) -> str:
+    """The file name without ``.nii.gz`` or ``.nii``."""
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def find_cases(
+    root: Path, channel: int | None = None, mask_pattern: str | None = None
+) -> list[NiftiCase]:
+    """Find the image volumes under ``root`` and pair them with their masks.
+
+    Args:
+        root: a data set folder (holding ``imagesTr``), an ``imagesTr`` folder, a folder of
+            volumes, or a single file.
+        channel: which nnU-Net channel file (``_0001``...) to read; files of other channels are
+            left out. None means channel 0.
+        mask_pattern: masks named after their image, ``{case}`` standing for the case name,
+            relative to the image's folder (e.g. ``"{case}_seg.nii.gz"``); files matching it are
+            masks, not images.
+
+    Returns:
+        The cases in sorted path order.
+    """
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    files = [p for p in files if is_nifti(p) and not p.name.startswith(".")]
+    masks = _pattern_masks(files, mask_pattern)
+    cases = []
+    for path in files:
+        if path in masks or path.parent.name in _LABEL_DIRS.values():
+            continue
+        case = _case_name(path, channel)
+        if case is None:
+            continue
+        cases.append(NiftiCase(path, _mask_for(path, case, mask_pattern), case, root))
+    return cases
+
+
+def _case_name(path: Path, channel: int | None) -> str | None:
+    stem = strip_suffix(path.name)
+    match = _CHANNEL.match(stem)
+    if match is None:
+        return stem
+    if int(match["channel"]) != (channel or 0):
+        return None  # another channel of a multichannel nnU-Net case
+    return match["case"]
+
+
+def _pattern_masks(files: list[Path], pattern: str | None) -> set[Path]:
+    if not pattern:
+        return set()
+    regex = re.compile("^" + re.escape(pattern).replace(r"\{case\}", "(.+)") + "$")
+    return {p for p in files if regex.match(p.name)}
+
+
+def _mask_for(image: Path, case: str, pattern: str | None) -> Path | None:
+    if pattern:
+        candidate = image.parent / pattern.format(case=case)
+        return candidate if candidate.is_file() else None
+    label_dir = _LABEL_DIRS.get(image.parent.name)
+    if label_dir is None:
+        return None
+    for suffix in SUFFIXES:
+        candidate = image.parent.parent / label_dir / f"{case}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_label_names(root: Path) -> dict[str, int] | None:
+    """Mask label names to ids from a ``dataset.json`` at or above ``root`` (Decathlon or v2).
+
+    Returns:
+        ``{"background": 0, "lesion": 1, ...}``, or None when there is no readable file.
+    """
+    root = Path(root)
+    for folder in (root, root.parent) if root.is_dir() else (root.parent, root.parent.parent):
+        path = folder / "dataset.json"
+        if path.is_file():
+            try:
+                labels = json.loads(path.read_text()).get("labels") or {}
+                return _label_ids(labels)
+            except (ValueError, TypeError, AttributeError):
+                return None
+    return None
+
+
+def _label_ids(labels: dict) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k, v in labels.items():
+        if str(k).isdigit():  # Decathlon: {"0": "background"}
+            out[str(v)] = int(k)
+        elif isinstance(v, int):  # nnU-Net v2: {"background": 0}
+            out[str(k)] = v
+    return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+def canonical_zyx(
+    data: np.ndarray, affine: np.ndarray
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Reorient voxel data to the package's canonical (Z, Y, X) layout.
+
+    Args:
+        data: voxels in file order (i, j, k).
+        affine: voxel (i, j, k) to RAS+ world (mm).
+
+    Returns:
+        The (Z, Y, X) array (Z inferior to superior, Y anterior to posterior, X right to left)
+        and its spacing (z, y, x) in mm.
+    """
+    ornt = io_orientation(affine)
+    ras = apply_orientation(data, ornt)  # (R, A, S) axes, each increasing toward R, A, S
+    ras_affine = affine @ inv_ornt_aff(ornt, data.shape)
+    sx, sy, sz = np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0))
+    zyx = ras.transpose(2, 1, 0)[:, ::-1, ::-1]  # (S, P, L)
+    return np.ascontiguousarray(zyx), (float(sz), float(sy), float(sx))
+
+
+def read_nifti(
+    path: Path,
+    patient: str,
+    source: str,
+    mask: Path | None = None,
+    channel: int | None = None,
+    name: str | None = None,
+) -> Volume:
+    """Read a NIfTI image (and its mask) fully into a canonical Volume.
+
+    The whole file is decompressed here, so that a truncated ``.nii.gz`` fails now and not
+    halfway through training.
+
+    Args:
+        path: the image file.
+        patient: the pseudonymised patient id to store in the Volume.
+        source: the (pseudonymised) source to store in the Volume.
+        mask: the label file, which must match the image in shape and geometry.
+        channel: which volume of a 4D / multichannel image to read; needed when there are
+            several.
+        name: how messages name the file (default: its path).
+
+    Raises:
+        InputError: an unreadable file, an unsupported shape, or a mask that does not match.
+    """
+    name = name or str(path)
+    img = _load(path, name)
+    data = _pick_channel(_voxels(img, path, name, scaled=True), channel, name)
+    image, spacing = canonical_zyx(data, img.affine)
+    vol_mask = None
+    if mask is not None:
+        vol_mask = _read_mask(mask, img, data.shape, name)
+    return Volume(
+        image=image.astype(np.float32, copy=False),
+        spacing=spacing,
+        patient=patient,
+        source=source,
+        modality="OT",  # NIfTI has no modality field
+        mask=vol_mask,
+    )
+
+
+def _load(path: Path, name: str) -> nib.Nifti1Image:
+    try:
+        return nib.load(path)
+    except _READ_ERRORS as exc:
+        raise InputError(f"{name}: not a readable NIfTI file ({_scrub(exc, path, name)})") from exc
+
+
+def _voxels(img: nib.Nifti1Image, path: Path, name: str, scaled: bool) -> np.ndarray:
+    try:
+        if scaled:  # get_fdata applies the header's scl_slope / scl_inter
+            return img.get_fdata(dtype=np.float32)
+        return np.asanyarray(img.dataobj)
+    except _READ_ERRORS as exc:
+        why = _scrub(exc, path, name)
+        raise InputError(f"{name}: corrupt or truncated NIfTI data ({why})") from exc
+
+
+def _pick_channel(data: np.ndarray, channel: int | None, name: str) -> np.ndarray:
+    # NIfTI keeps (x, y, z, t, c); drop the singleton extra dimensions first.
+    extra = [d for d in data.shape[3:] if d > 1]
+    if data.ndim < 3:
+        raise InputError(f"{name}: expected a 3D volume, got shape {data.shape}")
+    if not extra:
+        return data.reshape(data.shape[:3])
+    if len(extra) > 1:
+        raise InputError(f"{name}: expected a 3D or 4D volume, got shape {data.shape}")
+    data = data.reshape(*data.shape[:3], extra[0])
+    if channel is None:
+        raise InputError(
+            f"{name}: expected a 3D volume, got {extra[0]} channels; "
+            "choose one with preprocess.channel"
+        )
+    if channel >= extra[0]:
+        raise InputError(f"{name}: expected channel < {extra[0]}, got channel {channel}")
+    return data[..., channel]
+
+
+def _read_mask(mask: Path, img: nib.Nifti1Image, shape: tuple[int, ...], name: str) -> np.ndarray:
+    label = _load(mask, f"mask of {name}")
+    data = _voxels(label, mask, f"mask of {name}", scaled=False)
+    data = data.reshape(data.shape[:3]) if data.ndim > 3 and data.size == np.prod(shape) else data
+    if data.shape != shape:
+        raise InputError(f"{name}: expected a mask of shape {shape}, got {data.shape}")
+    if not np.allclose(label.affine, img.affine, atol=1e-3):
+        raise InputError(
+            f"{name}: expected a mask with the image's geometry (affine), got a different one"
+        )
+    if not np.issubdtype(data.dtype, np.integer):
+        data = np.asarray(data, dtype=np.float64)
+        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+            raise InputError(f"{name}: expected integer mask labels, got fractional values")
+    if data.min() < 0 or data.max() > 255:
+        raise InputError(f"{name}: expected mask labels in 0..255, got {data.min()}..{data.max()}")
+    zyx, _ = canonical_zyx(np.asarray(data), img.affine)
+    return zyx.astype(np.uint8)
+
+
+def _scrub(exc: BaseException, path: Path, name: str) -> str:
+    """The exception's text without the file's path or name (they may carry patient ids)."""
+    text = f"{type(exc).__name__}: {exc}"
+    for part in sorted({str(path), path.name, strip_suffix(path.name)}, key=len, reverse=True):
+        if part:
+            text = text.replace(part, name)
+    return text

@@ -1,0 +1,124 @@
+"""Pseudonymisation: patient ids and input paths become keyed hashes.
+
+A pseudonym is ``"P"`` + the first 10 hex digits of HMAC-SHA256(key, raw id). The key is secret:
+whoever holds it can check a guess of a raw id, nobody else can. It comes from, in this order:
+
+1. the ``--key-file`` given on the command line (it must exist);
+2. the environment variable ``AUGMENT_PSEUDONYM_KEY`` (its UTF-8 bytes);
+3. ``.augment/pseudonym.key`` under the current directory, created with 32 random bytes on first
+   use (git-ignored). Keep it: a new key gives every patient a new pseudonym.
+
+Input paths are hashed the same way (``"F"`` + 10 hex digits) so that messages about bad files
+can name a file without copying a folder name that carries a patient's name or id;
+:func:`locate` finds the file again for someone who has the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from augment.errors import InputError
+
+ENV_VAR = "AUGMENT_PSEUDONYM_KEY"
+DEFAULT_KEY_FILE = Path(".augment") / "pseudonym.key"
+_DIGITS = 10
+
+
+def load_key(
+    key_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> bytes:
+    """Return the pseudonymisation key (see the module docstring for where it comes from).
+
+    Args:
+        key_file: an explicit key file; it must exist and not be empty.
+        env: the environment to read ``AUGMENT_PSEUDONYM_KEY`` from (default ``os.environ``).
+        cwd: the directory holding ``.augment/pseudonym.key`` (default the current one).
+
+    Returns:
+        The key bytes (a hex key file is decoded, anything else is used as it is).
+
+    Raises:
+        InputError: the key file is missing or empty.
+    """
+    env = os.environ if env is None else env
+    if key_file is not None:
+        return _read_key(Path(key_file))
+    if env.get(ENV_VAR):
+        return env[ENV_VAR].encode("utf-8")
+    path = (Path.cwd() if cwd is None else Path(cwd)) / DEFAULT_KEY_FILE
+    if not path.exists():
+        _create_key(path)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes().strip()
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: expected a pseudonym key file, got no such file") from exc
+    if not raw:
+        raise InputError(f"{path}: expected a pseudonym key, got an empty file")
+    try:
+        return bytes.fromhex(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return raw
+
+
+def _create_key(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: two runs starting together must not write two different keys.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(os.urandom(32).hex() + "\n")
+
+
+def _digest(key: bytes, text: str) -> str:
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:_DIGITS]
+
+
+def pseudonym(raw_id: str, key: bytes) -> str:
+    """The pseudonym of a raw patient id: ``"P"`` + 10 hex digits of its keyed hash.
+
+    Leading and trailing spaces are ignored (DICOM pads values to an even length).
+    """
+    return "P" + _digest(key, raw_id.strip())
+
+
+def file_token(path: Path, root: Path, key: bytes) -> str:
+    """A name for an input file that does not copy its path: ``"F"`` + 10 hex digits."""
+    return "F" + _digest(key, _relative(path, root))
+
+
+def locate(token: str, roots: Iterable[Path], key: bytes) -> Path | None:
+    """Find the input file that :func:`file_token` named ``token`` (for the key's holder).
+
+    Args:
+        token: a token from ``meta.json``'s ``skipped`` list or the summary.
+        roots: the input roots of the run.
+        key: the run's key (:func:`load_key`).
+
+    Returns:
+        The file, or None when no file under ``roots`` has that token.
+    """
+    for root in roots:
+        root = Path(root)
+        for path in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
+            if path.is_file() and file_token(path, root, key) == token:
+                return path
+    return None
+
+
+def _relative(path: Path, root: Path) -> str:
+    root = Path(root)
+    if root.is_file() or path == root:
+        return path.name
+    return Path(path).relative_to(root).as_posix()

@@ -1,0 +1,93 @@
+"""NIfTI reader: canonical orientation, scaling, channels, masks and damaged files."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from badinputs import SPACING, phantom, write_decathlon, write_nifti, write_ras_nifti
+
+from augment.errors import InputError
+from augment.io.nifti import canonical_zyx, find_cases, read_label_names, read_nifti
+
+
+def test_lps_and_ras_files_read_to_the_same_canonical_volume(tmp_path):
+    image, _ = phantom()
+    a = read_nifti(write_nifti(tmp_path / "a.nii.gz", image, SPACING), "P1", "P1/series-0")
+    b = read_nifti(write_ras_nifti(tmp_path / "b.nii", image, SPACING), "P1", "P1/series-0")
+    np.testing.assert_allclose(a.image, image, atol=1e-4)
+    np.testing.assert_allclose(b.image, image, atol=1e-4)
+    assert a.spacing == pytest.approx(SPACING) and b.spacing == pytest.approx(SPACING)
+
+
+def test_canonical_zyx_undoes_a_permuted_affine():
+    rng = np.random.default_rng(0)
+    zyx = rng.normal(size=(3, 4, 5))
+    ras = zyx.transpose(2, 1, 0)[::-1, ::-1, :]  # (R, A, S) order
+    # Store the voxels as (S, R, A): permute the axes and the affine's columns alike.
+    data = ras.transpose(2, 0, 1)
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[0, 1], affine[1, 2], affine[3, 3] = 3.0, 1.0, 2.0, 1.0
+    out, spacing = canonical_zyx(data, affine)
+    np.testing.assert_array_equal(out, zyx)
+    assert spacing == (3.0, 2.0, 1.0)
+
+
+def test_header_scaling_is_applied(tmp_path):
+    image, _ = phantom()
+    stored = np.round((image + 1024) / 2).astype(np.int16)
+    img = nib.Nifti1Image(stored.transpose(2, 1, 0), np.diag([-2.0, -2.0, 5.0, 1.0]))
+    img.header.set_slope_inter(2.0, -1024.0)
+    nib.save(img, tmp_path / "s.nii.gz")
+    vol = read_nifti(tmp_path / "s.nii.gz", "P1", "s")
+    np.testing.assert_allclose(vol.image, stored * 2.0 - 1024.0)
+
+
+def test_4d_needs_a_channel(tmp_path):
+    image, _ = phantom()
+    data = np.stack([image, image + 7], axis=-1).transpose(2, 1, 0, 3)  # (X, Y, Z, C)
+    nib.save(nib.Nifti1Image(data, np.diag([-2.0, -2.0, 5.0, 1.0])), tmp_path / "c.nii.gz")
+    with pytest.raises(InputError, match="2 channels"):
+        read_nifti(tmp_path / "c.nii.gz", "P1", "c")
+    vol = read_nifti(tmp_path / "c.nii.gz", "P1", "c", channel=1)
+    np.testing.assert_allclose(vol.image, image + 7, atol=1e-4)
+    with pytest.raises(InputError, match="channel < 2"):
+        read_nifti(tmp_path / "c.nii.gz", "P1", "c", channel=2)
+
+
+def test_decathlon_layout_pairs_images_and_masks(tmp_path):
+    cases = {"A-1": phantom(seed=1), "B-2": phantom(seed=2)}
+    write_decathlon(tmp_path, cases)
+    write_nifti(tmp_path / "imagesTr" / "A-1_0001.nii.gz", cases["A-1"][0], SPACING)  # channel 1
+    found = find_cases(tmp_path)
+    assert [c.case for c in found] == ["A-1", "B-2"]
+    assert all(c.mask is not None and c.mask.parent.name == "labelsTr" for c in found)
+    assert [c.image.name for c in find_cases(tmp_path, channel=1)] == ["A-1_0001.nii.gz"]
+    assert read_label_names(tmp_path) == {"background": 0, "lesion": 1}
+    vol = read_nifti(found[0].image, "P", "s", mask=found[0].mask)
+    np.testing.assert_array_equal(vol.mask, cases["A-1"][1])
+
+
+def test_mask_pattern(tmp_path):
+    image, mask = phantom()
+    write_nifti(tmp_path / "x.nii.gz", image, SPACING)
+    write_nifti(tmp_path / "x_seg.nii.gz", mask, SPACING, dtype=np.uint8)
+    found = find_cases(tmp_path, mask_pattern="{case}_seg.nii.gz")
+    assert [(c.case, c.mask.name) for c in found] == [("x", "x_seg.nii.gz")]
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [("cut", "truncated"), ("garbage", "NIfTI"), ("shape", "mask of shape"), ("geom", "geometry")],
+)
+def test_damaged_files_and_mismatched_masks_are_input_errors(tmp_path, case, match):
+    from badinputs import make_nifti_corpus
+
+    make_nifti_corpus(tmp_path)
+    with pytest.raises(InputError, match=match) as err:
+        read_nifti(
+            tmp_path / "imagesTr" / f"{case}_0000.nii.gz", "P1", "s",
+            mask=tmp_path / "labelsTr" / f"{case}.nii.gz", name="F123",
+        )  # fmt: skip
+    assert str(err.value).startswith("F123:")
+    assert str(tmp_path) not in str(err.value) and f"{case}_0000" not in str(err.value)

@@ -1,0 +1,294 @@
+"""Preprocess: array functions, the patient split, privacy, layouts, bad inputs and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from badinputs import (
+    IDENTIFIERS,
+    SPACING,
+    make_dicom_corpus,
+    make_nifti_corpus,
+    phantom,
+    write_decathlon,
+    write_dicom_series,
+)
+from typer.testing import CliRunner
+
+from augment.config import PreprocessConfig, SplitConfig, WindowConfig
+from augment.errors import ConfigError, InputError
+from augment.io.store import SliceStore
+from augment.io.volume import Volume
+from augment.preprocess import (
+    fit_square,
+    output_geometry,
+    preprocess,
+    process_volume,
+    resize_slices,
+    reslice,
+    split_patients,
+    to_unit_range,
+    window_range,
+)
+from augment.privacy import ENV_VAR
+
+N_PATIENTS = 6
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+    # A fixed key, and no .augment/pseudonym.key written into the repository.
+    monkeypatch.setenv(ENV_VAR, "test-key")
+
+
+def _cfg(**kw) -> PreprocessConfig:
+    return PreprocessConfig(**{"size": 32, "min_body_fraction": 0.0, **kw})
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """The same patients as a DICOM tree and a Decathlon NIfTI set, with labels.csv."""
+    root = tmp_path_factory.mktemp("demo")
+    lines = ["patient,class"]
+    for i in range(N_PATIENTS):
+        pid = f"PHANTOM-{i:04d}"
+        image, mask = phantom(seed=i, lesion=i % 2 == 0)
+        write_dicom_series(root / "dicom" / f"Doe_Jane_{pid}" / "CT", image, SPACING, pid)
+        write_decathlon(root / "nifti", {pid: (image, mask)}, SPACING)
+        lines.append(f"{pid},{'lesion' if i % 2 == 0 else 'normal'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+# ---------------------------------------------------------------- array functions
+
+
+def test_window_maps_its_ends_to_minus_one_and_one():
+    cfg = _cfg(window=WindowConfig(center=40, width=400))
+    low, high = window_range(np.zeros(1), cfg)
+    out = to_unit_range(np.array([-1000.0, low, 40.0, high, 3000.0]), low, high)
+    np.testing.assert_allclose(out, [-1, -1, 0, 1, 1], atol=1e-6)
+    assert window_range(np.zeros(1), _cfg(window="abdomen")) == (low, high)
+
+
+def test_percentile_window_follows_the_data():
+    data = np.random.default_rng(0).normal(500, 100, 10_000)
+    low, high = window_range(data, _cfg(window="percentile", percentiles=(1.0, 99.0)))
+    assert low == pytest.approx(np.percentile(data, 1)) and high == pytest.approx(
+        np.percentile(data, 99)
+    )
+
+
+def test_reslice_axes_and_spacing():
+    vol = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    assert reslice(vol, (5.0, 2.0, 1.0), "axial")[0].shape == (2, 3, 4)
+    cor, sp = reslice(vol, (5.0, 2.0, 1.0), "coronal")
+    assert cor.shape == (3, 2, 4) and sp == (5.0, 1.0)
+    assert cor[0, 0, 0] == vol[-1, 0, 0]  # superior at the top
+    sag, sp = reslice(vol, (5.0, 2.0, 1.0), "sagittal")
+    assert sag.shape == (4, 2, 3) and sp == (5.0, 2.0)
+
+
+def test_identity_resize_changes_nothing_and_masks_keep_their_labels():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(resize_slices(x, (16, 16), is_mask=False), x)
+    m = rng.integers(0, 3, (3, 16, 16)).astype(np.uint8)
+    small = resize_slices(m, (8, 8), is_mask=True)
+    assert small.dtype == np.uint8 and set(np.unique(small)) <= {0, 1, 2}
+
+
+def test_output_geometry_keeps_the_field_of_view_and_pixels_square():
+    shape, spacing = output_geometry((100, 50), (1.0, 2.0), 64, None)
+    assert shape == (64, 64) and spacing == pytest.approx((100 / 64, 100 / 64))
+    shape, spacing = output_geometry((100, 100), (1.0, 1.0), 64, 2.0)
+    assert shape == (50, 50) and spacing == (2.0, 2.0)
+    padded = fit_square(np.ones((1, 50, 50)), 64, -1.0)
+    assert padded.shape == (1, 64, 64) and padded.sum() == 50 * 50 - (64 * 64 - 50 * 50)
+
+
+def test_body_filter_drops_air_slices():
+    image, mask = phantom()
+    image[:2] = -1000.0
+    vol = Volume(image, SPACING, "P", "P/series-0", "CT", mask)
+    out = process_volume(vol, _cfg(min_body_fraction=0.05))
+    assert list(out.z) == list(range(2, image.shape[0]))
+    assert out.images.shape == (image.shape[0] - 2, 32, 32) and out.masks.shape == out.images.shape
+    assert out.images.min() >= -1 and out.images.max() <= 1
+
+
+# ---------------------------------------------------------------- the split
+
+
+def _classes(n_pos: int, n_neg: int) -> dict[str, int]:
+    return {f"p{i}": int(i < n_pos) for i in range(n_pos + n_neg)}
+
+
+@pytest.mark.parametrize(("n_pos", "n_neg"), [(1, 2), (2, 2), (5, 7), (30, 10), (3, 0)])
+def test_split_puts_each_patient_in_exactly_one_split(n_pos, n_neg):
+    classes = _classes(n_pos, n_neg)
+    split = split_patients(classes, SplitConfig(), seed=0)
+    assert set(split) == set(classes) and set(split.values()) <= {"train", "val", "test"}
+    assert split == split_patients(classes, SplitConfig(), seed=0)
+    if len(classes) >= 3:  # few patients: every split still gets one
+        assert set(split.values()) == {"train", "val", "test"}
+
+
+def test_split_is_stratified_and_seeded():
+    classes = _classes(20, 30)
+    split = split_patients(classes, SplitConfig(train=0.6, val=0.2, test=0.2), seed=1)
+    for name, share in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+        members = [p for p, s in split.items() if s == name]
+        assert len(members) == round(50 * share)
+        assert sum(classes[p] for p in members) == round(20 * share)
+    others = [split_patients(classes, SplitConfig(), seed=s) for s in range(2, 6)]
+    assert any(o != split for o in others)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _all_output_bytes(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def test_dicom_and_nifti_layouts_give_the_same_store(demo, tmp_path):
+    cfg = _cfg(labels_from="csv")
+    preprocess(cfg, [demo / "dicom"], tmp_path / "d", labels_csv=demo / "labels.csv")
+    preprocess(cfg, [demo / "nifti"], tmp_path / "n", labels_csv=demo / "labels.csv")
+    d, n = SliceStore.open(tmp_path / "d"), SliceStore.open(tmp_path / "n")
+    assert [(r["patient"], r["z"], r["label"], r["split"]) for r in d.rows] == [
+        (r["patient"], r["z"], r["label"], r["split"]) for r in n.rows
+    ]
+    # DICOM stores whole HU: 0.5 HU of rounding, 1/200 of the abdomen window, at most.
+    np.testing.assert_allclose(d.images.astype(np.float32), n.images, atol=0.01)
+    assert d.masks is None and n.masks is not None
+    assert d.meta["input_format"] == "dicom" and n.meta["input_format"] == "nifti"
+
+
+def test_no_identifier_reaches_the_outputs_or_the_log(demo, tmp_path, capsys):
+    meta = preprocess(_cfg(labels_from="csv"), [demo / "dicom"], tmp_path / "d",
+                      labels_csv=demo / "labels.csv")  # fmt: skip
+    text = _all_output_bytes(tmp_path / "d") + capsys.readouterr().out.encode()
+    for value in [*IDENTIFIERS.values(), "PHANTOM", "Doe", "Jane", str(demo)]:
+        assert value.encode() not in text, value
+    assert meta["volumes_read"] == N_PATIENTS
+    assert all(r["source"].startswith(r["patient"] + "/series-")
+               for r in SliceStore.open(tmp_path / "d").rows)  # fmt: skip
+
+
+def test_mask_labels_splits_and_determinism(demo, tmp_path):
+    cfg = _cfg(min_lesion_pixels=5)
+    preprocess(cfg, [demo / "nifti"], tmp_path / "a")
+    preprocess(cfg.model_copy(update={"workers": 2}), [demo / "nifti"], tmp_path / "b")
+    a, b = SliceStore.open(tmp_path / "a"), SliceStore.open(tmp_path / "b")
+    assert a.rows == b.rows and np.array_equal(a.images, b.images)
+    lesion = np.count_nonzero(a.masks, axis=(1, 2, 3))
+    np.testing.assert_array_equal(a.labels(), (lesion >= 5).astype(int))
+    per_patient = {}
+    for r in a.rows:
+        per_patient.setdefault(r["patient"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in per_patient.values())
+    assert {s for (s,) in per_patient.values()} == {"train", "val", "test"}
+    assert a.meta["label_ids"] == {"background": 0, "lesion": 1}
+    assert a.meta["spacing"] == pytest.approx([48 / 32, 40 / 27], abs=1e-3)
+
+
+def test_rerun_replaces_the_store_whole(demo, tmp_path):
+    out = tmp_path / "s"
+    preprocess(_cfg(), [demo / "nifti"], out)
+    (out / "stale.txt").write_text("x")
+    preprocess(_cfg(size=64), [demo / "nifti"], out)
+    assert not (out / "stale.txt").exists() and SliceStore.open(out).size == 64
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no spool or temporary left
+
+
+def test_bad_dicom_inputs_are_skipped_with_one_line_reasons(tmp_path):
+    expected = make_dicom_corpus(tmp_path / "in")
+    (tmp_path / "labels.csv").write_text(
+        "patient,class\nGOOD-1,0\nDUP-1,1\nGAP-1,0\nMIX-1,1\nCUT-1,0\n"
+    )
+    meta = preprocess(_cfg(labels_from="csv"), [tmp_path / "in"], tmp_path / "out",
+                      labels_csv=tmp_path / "labels.csv")  # fmt: skip
+    reasons = " | ".join(s["reason"] for s in meta["skipped"])
+    for fragment in expected.values():
+        assert fragment in reasons, fragment
+    assert all("\n" not in s["reason"] for s in meta["skipped"])
+    assert {s["input"][0] for s in meta["skipped"]} == {"F", "l"}  # file tokens, labels CSV
+    assert meta["volumes_read"] == 1
+    saved = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert saved["skipped"] == meta["skipped"]
+
+
+def test_bad_nifti_inputs_are_skipped_with_reasons(tmp_path):
+    expected = make_nifti_corpus(tmp_path / "in")
+    meta = preprocess(_cfg(), [tmp_path / "in"], tmp_path / "out")
+    reasons = [s["reason"] for s in meta["skipped"]]
+    assert len(reasons) == len(expected)
+    for fragment in expected.values():
+        assert any(fragment in r for r in reasons), fragment
+    assert meta["volumes_read"] == 2
+
+
+def test_strict_stops_at_the_first_bad_input(tmp_path):
+    make_nifti_corpus(tmp_path / "in")
+    with pytest.raises(InputError, match="--strict"):
+        preprocess(_cfg(strict=True), [tmp_path / "in"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_csv_naming_missing_patients_and_unlabelled_volumes(demo, tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("patient,class\nPHANTOM-0000,1\nPHANTOM-0001,normal\nNOBODY-9,0\n")
+    meta = preprocess(_cfg(labels_from="csv"), [demo / "nifti"], tmp_path / "out", labels_csv=csv)
+    reasons = [s["reason"] for s in meta["skipped"]]
+    assert sum("no class in the labels CSV" in r for r in reasons) == N_PATIENTS - 2
+    assert any("1 patients have no readable input" in r for r in reasons)
+    assert "NOBODY" not in json.dumps(meta)
+    csv.write_text("patient,class\nPHANTOM-0000,tumour\n")
+    with pytest.raises(InputError, match="expected a class in"):
+        preprocess(_cfg(labels_from="csv"), [demo / "nifti"], tmp_path / "out", labels_csv=csv)
+
+
+def test_labels_option_must_match_labels_from(demo, tmp_path):
+    with pytest.raises(ConfigError, match="--labels"):
+        preprocess(_cfg(labels_from="csv"), [demo / "nifti"], tmp_path / "out")
+    with pytest.raises(ConfigError, match="labels_from"):
+        preprocess(_cfg(), [demo / "nifti"], tmp_path / "out", labels_csv=demo / "labels.csv")
+
+
+def test_empty_or_unreadable_input_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="got none"):
+        preprocess(_cfg(labels_from="csv"), [tmp_path / "empty"], tmp_path / "o", tmp_path / "x")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.dcm").write_text("no")
+    with pytest.raises(InputError, match="not DICOM"):
+        preprocess(_cfg(), [tmp_path / "junk"], tmp_path / "o")
+
+
+def test_cli_prints_one_line_and_exits_1_on_empty_input(tmp_path):
+    from augment.cli import app
+
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        app, ["preprocess", "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+              "--params", str(tmp_path / "none.yaml")],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and "error:" in result.output
+
+
+def test_cli_runs_the_stage(demo, tmp_path):
+    from augment.cli import app
+
+    result = CliRunner().invoke(
+        app, ["preprocess", "-i", str(demo / "dicom"), "--out", str(tmp_path / "o"), "--size", "32",
+              "--labels", str(demo / "labels.csv"), "--labels-from", "csv",
+              "--params", str(tmp_path / "none.yaml")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert SliceStore.open(tmp_path / "o").images.shape[1:] == (1, 32, 32)

@@ -1,0 +1,51 @@
+"""Pseudonyms: keyed, stable, and the key's sources in order."""
+
+from __future__ import annotations
+
+import re
+import stat
+
+import pytest
+
+from augment.errors import InputError
+from augment.privacy import ENV_VAR, file_token, load_key, locate, pseudonym
+
+
+def test_pseudonym_is_keyed_stable_and_shaped():
+    a, b = b"key-a", b"key-b"
+    assert pseudonym("PHANTOM-0001", a) == pseudonym("PHANTOM-0001", a)
+    assert pseudonym("PHANTOM-0001 ", a) == pseudonym("PHANTOM-0001", a)  # DICOM padding
+    assert pseudonym("PHANTOM-0001", a) != pseudonym("PHANTOM-0001", b)
+    assert pseudonym("PHANTOM-0001", a) != pseudonym("PHANTOM-0002", a)
+    assert re.fullmatch(r"P[0-9a-f]{10}", pseudonym("PHANTOM-0001", a))
+
+
+def test_key_file_first_then_env_then_created_file(tmp_path):
+    key_file = tmp_path / "k.key"
+    key_file.write_text("00ff\n")
+    assert load_key(key_file, env={ENV_VAR: "from-env"}, cwd=tmp_path) == b"\x00\xff"
+    assert load_key(None, env={ENV_VAR: "from-env"}, cwd=tmp_path) == b"from-env"
+    created = load_key(None, env={}, cwd=tmp_path)
+    path = tmp_path / ".augment" / "pseudonym.key"
+    assert path.is_file() and len(created) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_key(None, env={}, cwd=tmp_path) == created  # reused, not rewritten
+
+
+def test_missing_or_empty_key_file_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load_key(tmp_path / "absent.key", env={})
+    (tmp_path / "empty.key").write_text("")
+    with pytest.raises(InputError, match="empty"):
+        load_key(tmp_path / "empty.key", env={})
+
+
+def test_locate_finds_the_file_behind_a_token(tmp_path):
+    (tmp_path / "Doe_Jane").mkdir()
+    target = tmp_path / "Doe_Jane" / "IM0001.dcm"
+    target.write_bytes(b"x")
+    (tmp_path / "other.dcm").write_bytes(b"y")
+    token = file_token(target, tmp_path, b"k")
+    assert "Doe" not in token
+    assert locate(token, [tmp_path], b"k") == target
+    assert locate(token, [tmp_path], b"another key") is None
