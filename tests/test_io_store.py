@@ -1,5 +1,7 @@
 """SliceStore round trip and the whole-or-nothing rule of atomic outputs."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,14 @@ def test_atomic_file_replaces_only_on_success(tmp_path):
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "x").write_text("1")
+    with atomic_file(tmp_path / "f") as f:
+        f.write_text("1")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o666 & ~mask

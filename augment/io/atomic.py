@@ -28,6 +28,7 @@ def atomic_dir(target: Path, overwrite: bool = True) -> Iterator[Path]:
         raise FileExistsError(f"{target}: already exists (pass --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the output should look like mkdir's
     try:
         yield tmp
     except BaseException:
@@ -42,6 +43,12 @@ def atomic_dir(target: Path, overwrite: bool = True) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_file(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is renamed onto ``target``."""
@@ -50,6 +57,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         os.replace(tmp, target)

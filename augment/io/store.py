@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,12 +191,13 @@ class SliceStoreWriter:
 
 
 def _raw_to_npy(raw: Path, npy: Path, dtype: type, shape: tuple[int, ...]) -> None:
-    src = np.memmap(raw, dtype=dtype, mode="r", shape=shape)
-    dst = np.lib.format.open_memmap(npy, mode="w+", dtype=dtype, shape=shape)
-    for start in range(0, shape[0], _CHUNK):
-        dst[start : start + _CHUNK] = src[start : start + _CHUNK]
-    dst.flush()
-    del src, dst
+    # Plain buffered copy behind an .npy header: a memory map here would count the whole
+    # output towards the process's resident memory, which must not grow with the data set.
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": shape}  # fmt: skip
+    with open(npy, "wb") as dst, open(raw, "rb") as src:
+        np.lib.format.write_array_header_1_0(dst, header)
+        shutil.copyfileobj(src, dst, length=_CHUNK * 1024)
     raw.unlink()
 
 
