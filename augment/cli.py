@@ -98,9 +98,11 @@ def phantoms(
         PhantomsConfig, "phantoms", params,
         patients=patients, size=size, slices=slices, prevalence=prevalence, seed=seed,
     )  # fmt: skip
-    from augment.phantoms import make_phantoms
+    from rich.console import Console
 
-    _run(make_phantoms, cfg, out)
+    from augment.phantoms import make_phantoms, summary_table
+
+    Console().print(summary_table(_run(make_phantoms, cfg, out)))
 
 
 @app.command()
@@ -124,6 +126,12 @@ def preprocess(
         bool | None, typer.Option("--strict/--no-strict", help="Stop at the first bad input.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the patient split.")] = None,
+    labels_from: Annotated[
+        str | None, typer.Option("--labels-from", help="Slice classes from 'mask' or 'csv'.")
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Input format: auto, dicom or nifti.")
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Turn DICOM series and NIfTI volumes into a patient-split SliceStore.
@@ -132,7 +140,8 @@ def preprocess(
     """
     cfg = _config(
         PreprocessConfig, "preprocess", params,
-        size=size, workers=workers, strict=strict, seed=seed,
+        size=size, workers=workers, strict=strict, seed=seed, labels_from=labels_from,
+        format=fmt,
     )  # fmt: skip
     from augment.preprocess import preprocess as run_preprocess
 
@@ -165,9 +174,10 @@ def train(
         TrainConfig, "train", params,
         steps=steps, batch_size=batch_size, loss=loss, fraction=fraction, device=device, seed=seed,
     )  # fmt: skip
+    from augment.train import print_summary
     from augment.train import train as run_train
 
-    _run(run_train, cfg, data, out, resume=resume, dry_run=dry_run)
+    print_summary(_run(run_train, cfg, data, out, resume=resume, dry_run=dry_run))
 
 
 @app.command()
@@ -184,12 +194,23 @@ def sample(
     ] = None,
     class_ratio: Annotated[
         str | None,
-        typer.Option("--class-ratio", help="Per-class shares, e.g. 'normal=1,lesion=3'."),
+        typer.Option(
+            "--class-ratio", help="Per-class shares or counts, e.g. 'normal=1,lesion=3'."
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed; the same seed gives the same files.")] = None,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option("--class", help="Only this class (repeatable; equal shares)."),
+    ] = None,
+    png_bits: Annotated[int | None, typer.Option(help="PNG bit depth: 8 or 16.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed; the same seed gives the same files.")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Generator batch size.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, ...")] = None,
-    truncation: Annotated[float | None, typer.Option(help="Clip |z| to this value.")] = None,
+    truncation: Annotated[
+        float | None, typer.Option(help="Redraw noise entries with |z| above this value.")
+    ] = None,
     merge_with_real: Annotated[
         Path | None,
         typer.Option("--merge-with-real", help="nnU-Net raw data set to merge the samples into."),
@@ -203,15 +224,34 @@ def sample(
 
     Example: augment sample --n 5000 --model models/dcgan --out data/synthetic
     """
+    if class_ratio and classes:
+        raise _fail("--class and --class-ratio: expected one of them, got both")
     ratio = _run(_parse_ratio, class_ratio) if class_ratio else None
+    ratio = dict.fromkeys(classes, 1.0) if classes else ratio
     cfg = _config(
         SampleConfig, "sample", params,
         n=n, format=fmt, class_ratio=ratio, seed=seed, batch_size=batch_size, device=device,
-        truncation=truncation, overwrite=overwrite,
+        truncation=truncation, png_bits=png_bits, overwrite=overwrite,
     )  # fmt: skip
     from augment.sample import sample as run_sample
 
-    _run(run_sample, cfg, model, out, merge_with_real=merge_with_real)
+    summary = _run(run_sample, cfg, model, out, merge_with_real=merge_with_real)
+    _print_sample_summary(summary)
+
+
+def _print_sample_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"{summary['n']} synthetic slices ({summary['format']}) in {summary['out']}"
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("slices", justify="right")
+    for name, count in summary["counts"].items():
+        table.add_row(name, str(count))
+    if summary["real_cases"]:
+        table.add_row("real cases merged", str(summary["real_cases"]))
+    Console(stderr=True).print(table)
 
 
 def _parse_ratio(text: str) -> dict[str, float]:

@@ -23,7 +23,7 @@ class _Section(BaseModel):
 class PhantomsConfig(_Section):
     """The embedded demo data set: CT-like abdominal volumes with lesion masks."""
 
-    patients: int = Field(16, ge=2, le=10_000, description="number of patients")
+    patients: int = Field(24, ge=2, le=10_000, description="number of patients")
     size: int = Field(128, ge=32, le=1024, description="in-plane matrix size (pixels)")
     slices: int = Field(40, ge=4, le=2000, description="slices per volume")
     pixel_spacing: float = Field(2.8, gt=0, le=10, description="in-plane spacing (mm)")
@@ -75,6 +75,9 @@ class PreprocessConfig(_Section):
     min_lesion_pixels: int = Field(10, ge=1)
     class_names: list[str] = Field(default_factory=lambda: ["normal", "lesion"], min_length=1)
     channel: int | None = Field(None, ge=0, description="channel of 4D/multichannel input")
+    mask_pattern: str | None = Field(
+        None, description="mask file beside its image, e.g. '{case}_seg.nii.gz' (NIfTI)"
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     seed: int = Field(0, ge=0)
     workers: int = Field(1, ge=1, le=256)
@@ -126,8 +129,18 @@ class SampleConfig(_Section):
     truncation: float | None = Field(None, gt=0)
     png_bits: Literal[8, 16] = 8
     dataset_id: int = Field(501, ge=1, le=999)
-    dataset_name: str = "AugmentSynthetic"
+    dataset_name: str = Field("AugmentSynthetic", pattern=r"^[A-Za-z0-9_-]+$")
     overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _ratio_shares(self) -> SampleConfig:
+        # Class names are checked against the model in augment.sample (only it knows them).
+        shares = list((self.class_ratio or {}).values())
+        if any(v < 0 for v in shares) or (shares and sum(shares) <= 0):
+            raise ValueError(
+                f"class_ratio: expected shares >= 0 with a positive sum, got {self.class_ratio}"
+            )
+        return self
 
 
 class EvaluateConfig(_Section):
@@ -141,7 +154,13 @@ class EvaluateConfig(_Section):
     synthetic_ratio: float = Field(1.0, ge=0)
     bootstrap: int = Field(1000, ge=100)
     memorisation_threshold: float = Field(0.05, ge=0, le=1)
+    copy_quantile: float = Field(
+        0.99, ge=0.5, lt=1, description="share of held-out slices a copy comes closer than"
+    )
     k: int = Field(5, ge=1)
+    inception_weights: str | None = Field(
+        None, description="local Inception-v3 FID weights (torch-fidelity); adds Inception FID"
+    )
     device: str = "auto"
     seed: int = Field(0, ge=0)
 

@@ -85,8 +85,12 @@ def lesion_patients(cfg: PhantomsConfig) -> set[int]:
 def _draw_lesions(
     labels: np.ndarray, g: _Grid, rng: np.random.Generator, spacing: tuple[float, float, float]
 ) -> list[dict[str, Any]]:
-    """Draw 1-4 lesions: organ, centre voxel, radius, shape and contrast."""
-    n = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
+    """Draw 1-5 lesions: organ, centre voxel, radius, shape and contrast.
+
+    Sizes run from ~15 to ~60 mm across, like liver metastases found on CT, so that a lesion
+    still covers a few pixels of a 64 x 64 slice and spans several 5 mm slices.
+    """
+    n = int(rng.choice([1, 2, 3, 4, 5], p=[0.15, 0.25, 0.25, 0.2, 0.15]))
     lesions = []
     for _ in range(n):
         organ = Tissue(rng.choice([Tissue.LIVER, Tissue.SPLEEN, Tissue.KIDNEY_CORTEX],
@@ -94,7 +98,7 @@ def _draw_lesions(
         if not np.isin(labels, _LESION_ORGANS[organ]).any():
             organ = Tissue.LIVER
         min_r = 1.6 * spacing[2] / g.mm_per_u  # at least ~3 pixels across
-        r = max(float(np.exp(rng.uniform(np.log(0.035), np.log(0.14)))), min_r)
+        r = max(float(np.exp(rng.uniform(np.log(0.045), np.log(0.17)))), min_r)
         lesion = _place(labels, g, rng, organ, r, spacing)
         if lesion is not None:
             lesions.append(lesion)
