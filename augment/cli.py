@@ -26,7 +26,7 @@ from augment.errors import AugmentError
 
 app = typer.Typer(
     name="augment",
-    help="Synthetic training data for medical imaging: preprocess, train a DCGAN, sample, evaluate.",
+    help="Synthetic training data for medical imaging: preprocess, train, sample, evaluate.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -86,7 +86,9 @@ def phantoms(
     patients: Annotated[int | None, typer.Option(help="Number of patients.")] = None,
     size: Annotated[int | None, typer.Option(help="In-plane matrix size.")] = None,
     slices: Annotated[int | None, typer.Option(help="Slices per volume.")] = None,
-    prevalence: Annotated[float | None, typer.Option(help="Share of patients with lesions.")] = None,
+    prevalence: Annotated[
+        float | None, typer.Option(help="Share of patients with lesions.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
@@ -110,9 +112,7 @@ def preprocess(
     inputs: Annotated[
         list[Path], typer.Option("--input", "-i", help="Input root (repeatable): DICOM or NIfTI.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="SliceStore directory.")] = Path(
-        "data/slices"
-    ),
+    out: Annotated[Path, typer.Option("--out", help="SliceStore directory.")] = Path("data/slices"),
     labels: Annotated[
         Path | None, typer.Option("--labels", help="CSV of patient,class (labels_from: csv).")
     ] = None,
@@ -183,20 +183,12 @@ def train(
 @app.command()
 def sample(
     n: Annotated[int | None, typer.Option("--n", help="Number of synthetic slices.")] = None,
-    model: Annotated[Path, typer.Option("--model", help="Model directory.")] = Path(
-        "models/dcgan"
-    ),
-    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path(
-        "data/synthetic"
-    ),
-    fmt: Annotated[
-        str | None, typer.Option("--format", help="nnunet, png, npz or dicom.")
-    ] = None,
+    model: Annotated[Path, typer.Option("--model", help="Model directory.")] = Path("models/dcgan"),
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("data/synthetic"),
+    fmt: Annotated[str | None, typer.Option("--format", help="nnunet, png, npz or dicom.")] = None,
     class_ratio: Annotated[
         str | None,
-        typer.Option(
-            "--class-ratio", help="Per-class shares or counts, e.g. 'normal=1,lesion=3'."
-        ),
+        typer.Option("--class-ratio", help="Per-class shares or counts, e.g. 'normal=1,lesion=3'."),
     ] = None,
     classes: Annotated[
         list[str] | None,
@@ -274,9 +266,7 @@ def evaluate(
     data: Annotated[Path, typer.Option("--data", help="SliceStore directory.")] = Path(
         "data/slices"
     ),
-    model: Annotated[Path, typer.Option("--model", help="Model directory.")] = Path(
-        "models/dcgan"
-    ),
+    model: Annotated[Path, typer.Option("--model", help="Model directory.")] = Path("models/dcgan"),
     synthetic: Annotated[Path, typer.Option("--synthetic", help="Synthetic set.")] = Path(
         "data/synthetic"
     ),
