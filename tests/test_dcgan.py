@@ -1,0 +1,183 @@
+"""The DCGAN networks and the model directory (augment.nets.dcgan, augment.modeldir)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from augment.errors import StoreError
+from augment.modeldir import (
+    CONFIG_FILE,
+    GENERATOR_FILE,
+    load_generator,
+    resolve_device,
+    save_generator,
+    sha256_file,
+)
+from augment.nets.dcgan import DCGANSpec, Discriminator, Generator, recalibrate_batchnorm
+
+
+def _tiny(**kw) -> DCGANSpec:
+    base = {"image_size": 32, "nz": 8, "ngf": 4, "ndf": 4}
+    base.update(kw)
+    return DCGANSpec(**base)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128, 256])
+@pytest.mark.parametrize("projection", ["conv", "dense"])
+def test_shapes_every_size(size: int, projection: str) -> None:
+    spec = _tiny(image_size=size, projection=projection)
+    g, d = Generator(spec), Discriminator(spec)
+    out = g(torch.randn(2, spec.nz))
+    assert out.shape == (2, 1, size, size)
+    assert out.abs().max() <= 1.0
+    assert d(out).shape == (2,)
+
+
+@pytest.mark.parametrize("n_classes", [0, 3])
+@pytest.mark.parametrize("mask_channels", [0, 2, 4])
+@pytest.mark.parametrize("sn", [True, False])
+def test_conditional_masks_spectral_norm(n_classes: int, mask_channels: int, sn: bool) -> None:
+    spec = _tiny(n_classes=n_classes, mask_channels=mask_channels, spectral_norm=sn)
+    g, d = Generator(spec), Discriminator(spec)
+    y = torch.tensor([0, 2]) if n_classes else None
+    out = g(torch.randn(2, spec.nz), y)
+    assert out.shape == (2, 1 + mask_channels, 32, 32)
+    logits = d(out, y)
+    assert logits.shape == (2,) and torch.isfinite(logits).all()
+    has_sn = any(hasattr(m, "parametrizations") for m in d.modules())
+    assert has_sn == sn
+
+
+def test_conditioning_changes_output() -> None:
+    spec = _tiny(n_classes=2)
+    g, d = Generator(spec).eval(), Discriminator(spec)
+    z = torch.randn(1, spec.nz).repeat(2, 1)
+    out = g(z, torch.tensor([0, 1]))
+    assert not torch.allclose(out[0], out[1])
+    x = out[:1].repeat(2, 1, 1, 1)
+    logits = d(x, torch.tensor([0, 1]))  # same image, two classes: the projection term differs
+    assert not torch.allclose(logits[0], logits[1])
+    with pytest.raises(ValueError, match="class ids"):
+        g(z)
+
+
+def test_init_normal_002() -> None:
+    spec = _tiny(image_size=64, ngf=32, ndf=32, d_batchnorm=True, spectral_norm=False)
+    for net in (Generator(spec), Discriminator(spec)):
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.weight.numel() > 2000:
+                assert abs(m.weight.std().item() - 0.02) < 0.004
+                assert abs(m.weight.mean().item()) < 0.004
+            if isinstance(m, nn.BatchNorm2d):
+                assert abs(m.weight.mean().item() - 1.0) < 0.02
+    # With spectral norm the raw (original) weight is the one initialised.
+    d = Discriminator(_tiny(image_size=64, ngf=32, ndf=32))
+    big = d.features[2]
+    assert abs(big.parametrizations.weight.original.std().item() - 0.02) < 0.004
+
+
+def test_plain_dcgan_has_batchnorm_in_d_but_not_first_layer() -> None:
+    d = Discriminator(_tiny(d_batchnorm=True, spectral_norm=False))
+    kinds = [type(m).__name__ for m in d.features]
+    assert kinds[:2] == ["Conv2d", "LeakyReLU"]
+    assert "BatchNorm2d" in kinds
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in Discriminator(_tiny()).modules())
+
+
+def test_spec_roundtrip_and_validation() -> None:
+    spec = _tiny(n_classes=2, mask_channels=3, projection="dense", dropout=0.1)
+    assert DCGANSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ValueError, match="image_size"):
+        DCGANSpec(image_size=48)
+    with pytest.raises(ValueError, match="unknown"):
+        DCGANSpec.from_dict({**spec.to_dict(), "bogus": 1})
+
+
+def _saved(tmp_path, **kw):
+    spec = _tiny(**kw)
+    g = Generator(spec)
+    g.train()
+    g(torch.randn(16, spec.nz), torch.zeros(16, dtype=torch.long) if spec.n_classes else None)
+    extra = {
+        "class_names": ["normal", "lesion"][: spec.n_classes] if spec.n_classes else [],
+        "label_names": {"background": 0, "liver": 1, "lesion": 2} if spec.mask_channels else {},
+        "mask_label_ids": [0, 1, 2] if spec.mask_channels else [],
+        "spacing": [1.5, 2.0],
+    }
+    save_generator(tmp_path / "m", g, spec, extra)
+    return g, spec
+
+
+def test_save_load_roundtrip(tmp_path) -> None:
+    g, spec = _saved(tmp_path, n_classes=2, mask_channels=3)
+    loaded, info = load_generator(tmp_path / "m")
+    assert not loaded.training
+    assert info.spec == spec
+    assert info.class_names == ["normal", "lesion"]
+    assert info.label_names == {"background": 0, "liver": 1, "lesion": 2}
+    assert info.spacing == (1.5, 2.0)
+    assert info.checksum == sha256_file(tmp_path / "m" / GENERATOR_FILE)
+    for k, v in g.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    z, y = torch.randn(4, spec.nz), torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        out = loaded(z, y)
+        assert torch.equal(out, g.eval()(z, y))
+    images, masks = info.split(out)
+    assert images.shape == (4, 1, 32, 32) and images.dtype == np.float32
+    assert masks is not None and masks.shape == (4, 32, 32) and masks.dtype == np.uint8
+    assert set(np.unique(masks)) <= {0, 1, 2}
+
+
+def test_split_without_masks(tmp_path) -> None:
+    _, spec = _saved(tmp_path)
+    loaded, info = load_generator(tmp_path / "m")
+    assert info.class_names == [] and info.label_names == {}
+    images, masks = info.split(loaded(torch.randn(2, spec.nz)))
+    assert masks is None and images.min() >= -1 and images.max() <= 1
+
+
+def test_load_errors_name_directory(tmp_path) -> None:
+    with pytest.raises(StoreError, match=CONFIG_FILE):
+        load_generator(tmp_path / "nothing")
+    _saved(tmp_path)
+    cfg = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
+    cfg["spec"]["ngf"] = 8  # weights no longer fit
+    (tmp_path / "m" / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(StoreError, match="do not fit"):
+        load_generator(tmp_path / "m")
+    (tmp_path / "m" / GENERATOR_FILE).unlink()
+    with pytest.raises(StoreError, match=GENERATOR_FILE):
+        load_generator(tmp_path / "m")
+
+
+def test_resolve_device() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_recalibrate_batchnorm_matches_train_mode() -> None:
+    spec = _tiny()
+    g = Generator(spec)
+    with torch.no_grad():  # stale statistics, as an EMA copy would carry
+        for m in g.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.fill_(3.0)
+                m.running_var.fill_(0.01)
+    z = torch.randn(64, spec.nz)
+    with torch.no_grad():
+        train_out = g.train()(z)
+        stale = g.eval()(z)
+        recalibrate_batchnorm(g, batches=16, batch_size=64)
+        assert not g.training
+        fresh = g(z)
+    err_stale = (stale - train_out).pow(2).mean()
+    err_fresh = (fresh - train_out).pow(2).mean()
+    assert err_fresh < 0.1 * err_stale
+    assert err_fresh < 0.1 * train_out.var()
