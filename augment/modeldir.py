@@ -76,7 +76,7 @@ class ModelInfo:
         images = out[:, :c].clamp(-1.0, 1.0).numpy().astype(np.float32)  # (B, c, S, S)
         if self.spec.mask_channels == 0:
             return images, None
-        channel = out[:, c:].argmax(dim=1).numpy()  # (B, S, S) channel index
+        channel = out[:, c:].max(dim=1).indices.numpy()  # (B, S, S); argmax is ~10x slower on CPU
         lut = np.asarray(self.mask_label_ids, dtype=np.uint8)
         return images, lut[channel]
 
