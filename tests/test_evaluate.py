@@ -1,0 +1,273 @@
+"""The gain experiment and the stage on tiny arrays: fairness, honesty, the memorisation gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from augment import evaluate as ev
+from augment.config import EvaluateConfig
+from augment.errors import AugmentError, StoreError
+from augment.io.store import SliceStore, SliceStoreWriter
+
+S = 16
+CPU = torch.device("cpu")
+
+
+def _slice(label: int, rng: np.random.Generator) -> np.ndarray:
+    """A noisy disc; lesion slices (label 1) carry a bright spot."""
+    yy, xx = np.mgrid[:S, :S] / S
+    img = np.where((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < rng.uniform(0.08, 0.16), 0.0, -0.9)
+    if label:
+        cx, cy = rng.uniform(0.35, 0.65, 2)
+        img = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < 0.01, 0.8, img)
+    return np.clip(img + rng.normal(0, 0.05, img.shape), -1, 1).astype(np.float32)
+
+
+def _split(n_patients: int, per: int, seed: int, tag: str) -> ev.Split:
+    rng = np.random.default_rng(seed)
+    labels = np.tile(np.arange(per) % 2, n_patients)
+    images = np.stack([_slice(int(c), rng) for c in labels])[:, None]  # (n, 1, S, S)
+    patients = np.repeat([f"SECRET-{tag}-{i}" for i in range(n_patients)], per)
+    return ev.Split(images, labels.astype(np.int64), patients)
+
+
+def _data(synthetic: str = "good", seed: int = 0) -> ev.ExperimentData:
+    train, val, test = (
+        _split(4, 10, seed, "tr"),
+        _split(2, 10, seed + 1, "va"),
+        _split(5, 8, seed + 2, "te"),  # 5 patients: enough to call a gain significant
+    )
+    rng = np.random.default_rng(seed + 3)
+    if synthetic == "copy":
+        syn, syn_y = train.images.copy(), train.labels.copy()
+    elif synthetic == "noise":
+        syn = rng.uniform(-1, 1, (60, 1, S, S)).astype(np.float32)
+        syn_y = rng.integers(0, 2, 60)
+    else:
+        syn_y = np.arange(60) % 2
+        syn = np.stack([_slice(int(c), rng) for c in syn_y])[:, None]
+    return ev.ExperimentData(train, val, test, syn, syn_y.astype(np.int64), ["normal", "lesion"])
+
+
+def _cfg(**kw) -> EvaluateConfig:
+    base = dict(seeds=2, epochs=2, batch_size=16, bootstrap=100, memorisation_threshold=0.2)
+    return EvaluateConfig(**{**base, **kw})
+
+
+def test_every_arm_trains_on_exactly_the_gan_patients_and_never_on_val_or_test(
+    monkeypatch,
+) -> None:
+    data = _data()
+    seen: list[tuple[np.ndarray, bool]] = []
+    real_train = ev.train_classifier
+
+    def spy(images, labels, val, *args, **kwargs):
+        seen.append((images.copy(), args[3]))  # args: n_classes, cfg, seed, classic, device
+        assert val is data.val  # val is used for model selection only
+        return real_train(images, labels, val, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "train_classifier", spy)
+    gain = ev.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
+    n = len(data.train.labels)
+    held = np.concatenate([data.val.images, data.test.images]).reshape(-1, S * S)
+    for images, _ in seen:
+        assert np.array_equal(images[:n], data.train.images)  # the same real slices
+        flat = images.reshape(len(images), 1, -1)
+        assert not (flat == held[None]).all(axis=2).any()  # no val/test slice
+    sizes = [len(images) for images, _ in seen]
+    assert sizes == [n, n, n + gain.n_synthetic, n + gain.n_synthetic]
+    assert gain.n_synthetic == n  # synthetic_ratio 1
+
+
+def test_test_split_never_influences_training_or_model_selection() -> None:
+    clean = _data()
+    poisoned = _data()
+    poisoned.test.images[:] = np.nan  # would break any training or selection that saw it
+    cfg = _cfg(seeds=1, epochs=2)
+    a = ev.gain_experiment(clean, cfg, CPU)
+    b = ev.gain_experiment(poisoned, cfg, CPU)
+    assert a.val_curves == b.val_curves and a.best_epoch == b.best_epoch
+    assert np.isfinite(a.probs["real"]).all() and np.isnan(b.probs["real"]).all()
+
+
+def test_same_seed_same_results_and_seeds_are_paired_across_arms() -> None:
+    data, cfg = _data(), _cfg(seeds=2, epochs=1)
+    a, b = ev.gain_experiment(data, cfg, CPU), ev.gain_experiment(data, cfg, CPU)
+    for arm in a.arms:
+        assert np.array_equal(a.probs[arm], b.probs[arm])
+    assert not np.array_equal(a.probs["real"][0], a.probs["real"][1])
+    assert a.seeds == [0, 1]
+
+
+def test_gains_are_paired_differences_of_arm_means() -> None:
+    data = _data()
+    gain = ev.gain_experiment(data, _cfg(), CPU)
+    g = gain.gains["real_synthetic_vs_real"]["auc"]
+    means = {a: np.mean(gain.per_seed[a]["auc"]) for a in ("real_synthetic", "real")}
+    assert g.value == pytest.approx(means["real_synthetic"] - means["real"])
+    assert g.low <= g.value <= g.high
+    assert set(gain.gains) == {f"{a}_vs_{b}" for a, b in ev.COMPARISONS}
+
+
+def test_noise_generator_has_large_fid_and_no_gain(tmp_path: Path) -> None:
+    summary = ev.run(_data("noise"), _cfg(seeds=2, epochs=2), CPU, {}, None, tmp_path / "r")
+    fid = summary["fidelity"]
+    assert fid["synthetic"]["fid"] > 5 * fid["baseline"]["fid"]
+    assert fid["synthetic"]["precision"] < fid["baseline"]["precision"]
+    gain = summary["gain"]["real_synthetic_vs_real"]
+    assert not (gain["auc_significant"] and gain["auc"] > 0)
+    assert summary["synthetic_helps"] is False
+    assert summary["memorisation"]["passed"] is True
+    report = (tmp_path / "r" / "report.html").read_text()
+    assert "No evidence that the synthetic slices help" in report or "worse" in report
+
+
+def test_copying_generator_fails_the_gate_after_writing_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    with pytest.raises(AugmentError, match="memorisation check failed"):
+        ev.run(_data("copy"), _cfg(seeds=1, epochs=1), CPU, {}, None, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["memorisation"]["passed"] is False
+    assert metrics["memorisation"]["copy_rate"] == 1.0
+    assert "Memorisation check FAILED" in (out / "report.html").read_text()
+
+
+def test_outputs_are_complete_self_contained_and_free_of_patient_keys(tmp_path: Path) -> None:
+    logs = {"loss_g": [(0.0, 2.0), (10.0, 1.5)], "loss_d": [(0.0, 0.7), (10.0, 0.6)]}
+    model = tmp_path / "model"
+    tsv = model / "live" / "plots" / "metrics" / "train" / "loss_g.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("timestamp\tstep\tloss_g\n1\t0\t2.0\n2\t10\t1.5\n")
+    out = tmp_path / "reports"
+    ev.run(_data(), _cfg(), CPU, logs, model, out, fraction=0.5)
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {
+        "metrics.json",
+        "report.html",
+        "plots/gain.csv",
+        "plots/train/train/loss_g.tsv",
+    } <= names
+    assert {f"plots/roc/{a}.csv" for a in ev.ARMS} <= names
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and 'src="http' not in page
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert "SECRET" not in path.read_text(errors="ignore"), path
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fraction"] == 0.5 and set(metrics["arms"]) == set(ev.ARMS)
+    assert not list(tmp_path.glob(".reports*"))  # the temporary directory is gone
+
+
+def test_unconditional_synthetic_set_skips_the_synthetic_arms() -> None:
+    data = _data()
+    data.synthetic_labels[:] = -1
+    gain = ev.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
+    assert gain.arms == ["real", "real_classic"] and gain.notes
+
+
+def test_read_training_logs_tolerates_absence(tmp_path: Path) -> None:
+    assert ev.read_training_logs(tmp_path / "nothing") == {}
+    root = tmp_path / "live" / "plots" / "metrics"
+    root.mkdir(parents=True)
+    (root / "loss_d.tsv").write_text("timestamp\tstep\tloss_d\n5\t0\t0.7\n6\t50\t0.4\n")
+    (root / "empty.tsv").write_text("")
+    assert ev.read_training_logs(tmp_path) == {"loss_d": [(0.0, 0.7), (50.0, 0.4)]}
+
+
+# --------------------------------------------------------------------------- with a store
+
+
+def _store(tmp_path: Path) -> SliceStore:
+    rng = np.random.default_rng(0)
+    rows, images = [], []
+    for split, n in (("train", 4), ("val", 2), ("test", 2)):
+        for p in range(n):
+            for z in range(4):
+                rows.append(
+                    {
+                        "patient": f"{split}{p}",
+                        "source": "x",
+                        "z": z,
+                        "label": z % 2,
+                        "split": split,
+                    }
+                )
+                images.append(_slice(z % 2, rng))
+    with SliceStoreWriter(tmp_path / "slices", size=S, with_masks=False) as w:
+        w.add(np.stack(images), None, rows)
+        w.meta["class_names"] = ["normal", "lesion"]
+    return SliceStore.open(tmp_path / "slices")
+
+
+def test_check_fairness_rejects_leaks_and_other_subsets(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    ev.check_fairness(store, ["train0", "train1"], ["train0", "train1"])
+    ev.check_fairness(store, None, ["train0"])
+    with pytest.raises(StoreError, match="val/test"):
+        ev.check_fairness(store, ["train0", "test1"], ["train0"])
+    with pytest.raises(StoreError, match="train.fraction"):
+        ev.check_fairness(store, ["train0", "train2"], ["train0", "train1"])
+
+
+class _Syn:
+    def __init__(self, images, classes, class_names):
+        self.images, self.classes, self.class_names = images, classes, class_names
+
+
+def test_experiment_data_takes_only_the_gan_patients_and_maps_class_names(tmp_path) -> None:
+    store = _store(tmp_path)
+    syn = _Syn(
+        np.zeros((6, 1, S, S), np.float32), np.array([0, 1, 0, 1, -1, 0]), ["lesion", "normal"]
+    )
+    data = ev.experiment_data(store, ["train0", "train2"], syn)
+    assert set(data.train.patients) == {"train0", "train2"} and len(data.train.labels) == 8
+    assert set(data.test.patients) == {"test0", "test1"}
+    assert list(data.synthetic_labels) == [1, 0, 1, 0, -1, 1]  # by name, not by position
+    with pytest.raises(StoreError, match="shape"):
+        ev.experiment_data(store, ["train0"], _Syn(np.zeros((2, 1, 8, 8)), [0, 1], []))
+    with pytest.raises(StoreError, match="tumour"):
+        ev.experiment_data(store, ["train0"], _Syn(syn.images, syn.classes, ["normal", "tumour"]))
+
+
+def _model_dir(tmp_path: Path, patients: list[str], fraction: float = 1.0) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"spec": {}, "train_patients": patients, "train_config": {"fraction": fraction}}
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+def test_stage_fails_on_a_model_trained_on_test_patients(tmp_path: Path, monkeypatch) -> None:
+    store = _store(tmp_path)
+    model = _model_dir(tmp_path, ["train0", "train1", "train2", "test0"])
+    monkeypatch.setattr("augment.sample.load_synthetic", lambda p: pytest.fail("read"))
+    with pytest.raises(StoreError, match="val/test"):
+        ev.evaluate(_cfg(), store.root, model, tmp_path / "syn", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_copying_generator_exits_1_with_the_report_written(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from augment.cli import app
+
+    store = _store(tmp_path)
+    train_idx = store.indices("train")
+    copies = _Syn(np.asarray(store.images[train_idx], np.float32), store.labels(train_idx), [])
+    monkeypatch.setattr("augment.sample.load_synthetic", lambda p: copies)
+    model = _model_dir(tmp_path, store.patients("train"))
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate: {seeds: 1, epochs: 1, bootstrap: 100, batch_size: 8}\n")
+    out = tmp_path / "reports"
+    args = ["evaluate", "--data", str(store.root), "--model", str(model), "--synthetic"]
+    args += [str(tmp_path / "syn"), "--out", str(out), "--params", str(params)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "memorisation check failed" in result.output
+    assert (out / "report.html").is_file()
+    assert json.loads((out / "metrics.json").read_text())["fraction"] == 1.0
