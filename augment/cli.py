@@ -235,15 +235,16 @@ def _print_sample_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    title = f"{summary['n']} synthetic slices ({summary['format']}) in {summary['out']}"
-    table = Table(title=title)
+    console = Console(stderr=True)
+    console.print(f"{summary['n']} synthetic slices ({summary['format']}) in {summary['out']}")
+    table = Table(title="augment sample")
     table.add_column("class")
     table.add_column("slices", justify="right")
     for name, count in summary["counts"].items():
         table.add_row(name, str(count))
     if summary["real_cases"]:
         table.add_row("real cases merged", str(summary["real_cases"]))
-    Console(stderr=True).print(table)
+    console.print(table)
 
 
 def _parse_ratio(text: str) -> dict[str, float]:
@@ -272,14 +273,28 @@ def evaluate(
     ),
     out: Annotated[Path, typer.Option("--out", help="Reports directory.")] = Path("reports"),
     seeds: Annotated[int | None, typer.Option(help="Seeds per arm.")] = None,
+    classifier: Annotated[str | None, typer.Option(help="small, densenet121 or resnet18.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Classifier epochs.")] = None,
+    synthetic_ratio: Annotated[
+        float | None, typer.Option(help="Synthetic slices per real training slice.")
+    ] = None,
+    inception_weights: Annotated[
+        Path | None, typer.Option(help="Local Inception FID weights (adds standard FID).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, ...")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Measure whether synthetic slices help a downstream classifier; check fidelity and copying.
 
+    Exits 1 after writing the report when the memorisation check fails.
+
     Example: augment evaluate --data data/slices --synthetic data/synthetic --out reports
     """
-    cfg = _config(EvaluateConfig, "evaluate", params, seeds=seeds, device=device)
+    cfg = _config(
+        EvaluateConfig, "evaluate", params,
+        seeds=seeds, classifier=classifier, epochs=epochs, synthetic_ratio=synthetic_ratio,
+        inception_weights=str(inception_weights) if inception_weights else None, device=device,
+    )  # fmt: skip
     from augment.evaluate import evaluate as run_evaluate
 
     _run(run_evaluate, cfg, data, model, synthetic, out)
