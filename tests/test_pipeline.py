@@ -107,3 +107,21 @@ def test_changed_parameter_reruns_only_downstream(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _ran(_sh(project, "dvc", "repro")) == ["sample", "evaluate"]
     assert load_synthetic(project / "data/synthetic").images.shape[0] == 30
+
+
+def test_parameter_sweep_with_dvc_experiments(project):
+    # The documented learning-curve / ratio / loss sweeps are dvc experiments with -S.
+    sets = ["train.fraction=0.5", "train.loss=hinge", "evaluate.synthetic_ratio=2"]
+    output = _sh(project, "dvc", "exp", "run", *[a for s in sets for a in ("-S", s)])
+    assert _ran(output) == ["train", "sample", "evaluate"]
+    names = _sh(project, "dvc", "exp", "ls", "--name-only").split()
+    assert len(names) == 1
+    table = json.loads(_sh(project, "dvc", "exp", "show", "--json"))
+    exps = [e for row in table for e in (row.get("experiments") or [])]
+    data = exps[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["fraction"] == 0.5
+    assert data["metrics"]["reports/metrics.json"]["data"]
+    out = project / "curve"
+    _sh(project, "dvc", "plots", "diff", *names, "--targets", "reports/plots/gain.csv",
+        "-x", "fraction", "-y", "gain_auc_vs_real", "-o", str(out))  # fmt: skip
+    assert (out / "index.html").is_file()
