@@ -24,6 +24,7 @@ from torch import Tensor
 
 from augment.errors import StoreError
 from augment.io.atomic import atomic_file
+from augment.io.jsonfile import load_json
 from augment.nets.dcgan import DCGANSpec, Generator
 
 GENERATOR_FILE = "generator.safetensors"
@@ -132,10 +133,7 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / CONFIG_FILE
     if not path.is_file():
         raise StoreError(f"{model_dir}: not a model directory, {CONFIG_FILE} is missing")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{path}: not valid JSON ({exc})") from exc
+    config = load_json(path, StoreError)
     if not isinstance(config, dict) or not isinstance(config.get("spec"), dict):
         raise StoreError(f"{path}: expected a JSON object with a 'spec' entry")
     return config

@@ -1,10 +1,10 @@
 """Preprocess: DICOM series and NIfTI volumes into a patient-split SliceStore.
 
-Layered as nnU-Net's preprocessing is: array functions free of I/O (:func:`window_range`,
-:func:`reslice`, :func:`body_fraction`, :func:`resize_slices`, :func:`split_patients`), one
-volume's processing (:func:`process_volume`), then the loop over the data set
-(:func:`preprocess`), which reads volumes in parallel and streams them through a spool on disk
-into the :class:`~augment.io.store.SliceStoreWriter`, so memory stays bounded by a few volumes.
+Layered as nnU-Net's preprocessing is: array functions free of I/O and one volume's processing
+(:mod:`augment.slicing`), jobs that read and process one volume in a worker
+(:mod:`augment.volume_jobs`), then the loop over the data set (:func:`preprocess`), which streams
+the volumes through a spool on disk into the :class:`~augment.io.store.SliceStoreWriter`, so
+memory stays bounded by a few volumes.
 
 Privacy: patients are named by keyed pseudonyms (:mod:`augment.privacy`); the ``source`` column
 is ``"<pseudonym>/series-<n>"`` (n counts the patient's volumes in input order), and skipped files
@@ -15,16 +15,11 @@ often carries a name or an id) reaches an output or a log line.
 from __future__ import annotations
 
 import csv
-import multiprocessing
 import shutil
-import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,312 +27,45 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from skimage.transform import resize
 
-from augment.config import PreprocessConfig, SplitConfig, WindowConfig
+from augment.config import PreprocessConfig, WindowConfig
 from augment.errors import ConfigError, InputError
-from augment.io.dicom import MapFn, Series, read_series, scan_dicom
-from augment.io.nifti import NiftiCase, find_cases, is_nifti, read_label_names, read_nifti
+from augment.io.dicom import MapFn, Series, scan_dicom
+from augment.io.nifti import NiftiCase, find_cases, is_nifti, read_label_names
 from augment.io.store import SPLITS, SliceStoreWriter
-from augment.io.volume import Volume
 from augment.privacy import file_token, load_key, pseudonym
+from augment.slicing import (
+    WINDOWS,
+    Slices,
+    body_fraction,
+    fit_square,
+    output_geometry,
+    process_volume,
+    resize_slices,
+    reslice,
+    split_patients,
+    to_unit_range,
+    window_range,
+)
+from augment.volume_jobs import Job, Outcome, outcomes, pool_map, worker_pool
 
-# CT windows (centre, width) in HU, as radiology viewers preset them.
-WINDOWS: dict[str, tuple[float, float]] = {
-    "abdomen": (40.0, 400.0),
-    "lung": (-600.0, 1500.0),
-    "brain": (40.0, 80.0),
-    "bone": (400.0, 1800.0),
-}
-
-
-# ---------------------------------------------------------------- array functions (no I/O)
-
-
-def window_range(image: np.ndarray, cfg: PreprocessConfig) -> tuple[float, float]:
-    """The intensity range mapped to [-1, 1]: a CT preset, an explicit window or percentiles.
-
-    Args:
-        image: the volume in physical units (percentiles are taken over all of it).
-        cfg: ``cfg.window`` and ``cfg.percentiles``.
-
-    Returns:
-        (low, high), with high > low.
-    """
-    if isinstance(cfg.window, WindowConfig):
-        center, width = cfg.window.center, cfg.window.width
-    elif cfg.window in WINDOWS:
-        center, width = WINDOWS[cfg.window]
-    else:
-        lo, hi = np.percentile(image, cfg.percentiles)
-        return float(lo), float(max(hi, lo + 1e-6))
-    return center - width / 2, center + width / 2
-
-
-def to_unit_range(image: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Clip to [low, high] and map linearly to [-1, 1] (float32)."""
-    out = np.clip(image, low, high).astype(np.float32)
-    out -= low
-    out *= 2.0 / (high - low)
-    out -= 1.0
-    return np.clip(out, -1.0, 1.0, out=out)
-
-
-def reslice(
-    volume: np.ndarray, spacing: tuple[float, float, float], axis: str
-) -> tuple[np.ndarray, tuple[float, float]]:
-    """View a canonical (Z, Y, X) volume as a stack of 2D slices along ``axis``.
-
-    Slices are laid out as viewers show them: axial with anterior up and the patient's right on
-    the left; coronal and sagittal with superior up.
-
-    Returns:
-        (N, H, W) slices (a view, no copy) and their in-plane spacing (h, w) in mm.
-    """
-    sz, sy, sx = spacing
-    if axis == "axial":
-        return volume, (sy, sx)
-    if axis == "coronal":  # (Y, Z reversed, X)
-        return volume.transpose(1, 0, 2)[:, ::-1, :], (sz, sx)
-    if axis == "sagittal":  # (X, Z reversed, Y)
-        return volume.transpose(2, 0, 1)[:, ::-1, :], (sz, sy)
-    raise ValueError(f"expected axis axial, coronal or sagittal, got {axis!r}")
-
-
-def body_fraction(slices: np.ndarray, threshold: float) -> np.ndarray:
-    """(N,) share of each slice's pixels above ``threshold`` (physical units)."""
-    return (slices > threshold).mean(axis=(1, 2))
-
-
-def output_geometry(
-    shape_hw: tuple[int, int], spacing_hw: tuple[float, float], size: int, spacing: float | None
-) -> tuple[tuple[int, int], tuple[float, float]]:
-    """Where a slice lands in the S x S output: its resized shape and the output pixel size.
-
-    Pixels become square. Without a target ``spacing`` the whole field of view fits in S x S
-    (the short side is padded); with one, the slice is resampled to it and centre-padded or
-    cropped to S x S.
-
-    Returns:
-        The resized (h, w) before padding/cropping, and the output spacing (y, x) in mm.
-    """
-    fov = (shape_hw[0] * spacing_hw[0], shape_hw[1] * spacing_hw[1])
-    pixel = spacing if spacing is not None else max(fov) / size
-    new = (max(1, round(fov[0] / pixel)), max(1, round(fov[1] / pixel)))
-    if spacing is None:
-        new = (min(new[0], size), min(new[1], size))
-    return new, (round(fov[0] / new[0], 4), round(fov[1] / new[1], 4))
-
-
-def resize_slices(slices: np.ndarray, shape_hw: tuple[int, int], is_mask: bool) -> np.ndarray:
-    """Resize (N, H, W) slices in-plane: anti-aliased linear for images, nearest for masks."""
-    target = (slices.shape[0], *shape_hw)
-    if slices.shape == target:
-        return np.array(slices)
-    if is_mask:
-        out = resize(slices, target, order=0, anti_aliasing=False, preserve_range=True)
-        return out.astype(np.uint8)
-    # The first axis keeps its size, so the anti-aliasing Gaussian has sigma 0 along it.
-    return resize(slices, target, order=1, anti_aliasing=True, preserve_range=True).astype(
-        np.float32
-    )
-
-
-def fit_square(slices: np.ndarray, size: int, fill: float) -> np.ndarray:
-    """Centre-pad or centre-crop (N, H, W) slices to (N, size, size)."""
-    n, h, w = slices.shape
-    out = np.full((n, size, size), fill, dtype=slices.dtype)
-    ch, cw = min(h, size), min(w, size)
-    sy, sx = (h - ch) // 2, (w - cw) // 2  # crop offsets
-    dy, dx = (size - ch) // 2, (size - cw) // 2  # pad offsets
-    out[:, dy : dy + ch, dx : dx + cw] = slices[:, sy : sy + ch, sx : sx + cw]
-    return out
-
-
-def split_patients(classes: dict[str, int], fractions: SplitConfig, seed: int) -> dict[str, str]:
-    """Assign each patient to exactly one split, stratified by patient class.
-
-    Within each class the patients are shuffled with ``seed`` and cut by the fractions
-    (largest remainders); then every split with a non-zero fraction that got no patient takes
-    one from the largest split, while that split keeps at least one.
-
-    Args:
-        classes: patient -> class id.
-        fractions: the train/val/test fractions.
-        seed: the shuffle's seed; the same inputs and seed give the same split.
-
-    Returns:
-        patient -> "train" | "val" | "test".
-    """
-    rng = np.random.default_rng(seed)
-    frac = {"train": fractions.train, "val": fractions.val, "test": fractions.test}
-    members: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for cls in sorted(set(classes.values())):
-        patients = sorted(p for p, c in classes.items() if c == cls)
-        patients = [patients[i] for i in rng.permutation(len(patients))]
-        quotas = _quotas(len(patients), frac, {s: len(m) for s, m in members.items()})
-        start = 0
-        for s in SPLITS:
-            members[s].extend(patients[start : start + quotas[s]])
-            start += quotas[s]
-    for s in SPLITS:
-        donor = max(SPLITS, key=lambda d: len(members[d]))
-        if frac[s] > 0 and not members[s] and len(members[donor]) > 1:
-            members[s].append(members[donor].pop())
-    return {p: s for s in SPLITS for p in members[s]}
-
-
-def _quotas(n: int, frac: dict[str, float], so_far: dict[str, int]) -> dict[str, int]:
-    exact = {s: n * frac[s] for s in SPLITS}
-    quotas = {s: int(exact[s]) for s in SPLITS}
-    # Remainders go to the largest fractional parts; ties to the split furthest below its share.
-    total = sum(so_far.values()) + n
-    order = sorted(
-        (s for s in SPLITS if frac[s] > 0),
-        key=lambda s: (-(exact[s] - quotas[s]), so_far[s] - total * frac[s]),
-    )
-    for s in order[: n - sum(quotas.values())]:
-        quotas[s] += 1
-    return quotas
-
-
-# ---------------------------------------------------------------- one volume
-
-
-@dataclass
-class Slices:
-    """One volume's output slices (before the split is known).
-
-    Attributes:
-        images: (n, S, S) float32 in [-1, 1].
-        masks: (n, S, S) uint8 label ids, or None.
-        z: (n,) index of each slice along the slicing axis of the canonical volume.
-        lesion_pixels: (n,) foreground mask pixels at the output size (0 without a mask).
-        spacing: output pixel size (y, x) in mm.
-        window: the (low, high) intensity range that was mapped to [-1, 1].
-    """
-
-    images: np.ndarray
-    masks: np.ndarray | None
-    z: np.ndarray
-    lesion_pixels: np.ndarray
-    spacing: tuple[float, float]
-    window: tuple[float, float]
-
-
-def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
-    """Slice, filter, window and resize one volume.
-
-    Raises:
-        InputError: NaN or inf voxels, or no slice with enough body.
-    """
-    bad = int(np.size(volume.image) - np.count_nonzero(np.isfinite(volume.image)))
-    if bad:
-        raise InputError(f"{volume.source}: expected finite voxels, got {bad} NaN or inf")
-    slices, spacing_hw = reslice(volume.image, volume.spacing, cfg.axis)
-    keep = np.flatnonzero(body_fraction(slices, cfg.body_threshold) >= cfg.min_body_fraction)
-    if keep.size == 0:
-        raise InputError(
-            f"{volume.source}: expected slices with at least {cfg.min_body_fraction:.0%} body "
-            f"(voxels above {cfg.body_threshold:g}), got none"
-        )
-    low, high = window_range(volume.image, cfg)
-    shape, spacing = output_geometry(slices.shape[1:], spacing_hw, cfg.size, cfg.spacing)
-    images = resize_slices(to_unit_range(slices[keep], low, high), shape, is_mask=False)
-    images = np.clip(fit_square(images, cfg.size, -1.0), -1.0, 1.0)  # (n, S, S)
-    masks, lesion = None, np.zeros(keep.size, dtype=np.int64)
-    if volume.mask is not None:
-        mask_slices, _ = reslice(volume.mask, volume.spacing, cfg.axis)
-        masks = fit_square(resize_slices(mask_slices[keep], shape, is_mask=True), cfg.size, 0)
-        lesion = np.count_nonzero(masks, axis=(1, 2))
-    return Slices(images, masks, keep, lesion, spacing, (low, high))
-
-
-# ---------------------------------------------------------------- jobs (run in workers)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One volume to read: a DICOM series or a NIfTI case, with its pseudonymised names."""
-
-    item: Series | NiftiCase
-    patient: str
-    source: str
-    name: str
-    key: bytes = field(repr=False)
-
-
-@dataclass
-class Outcome:
-    """What a worker returns: the slices, or the reason the volume was skipped."""
-
-    job_index: int
-    slices: Slices | None = None
-    reason: str | None = None
-
-
-def _run_job(index: int, job: Job, cfg: PreprocessConfig) -> Outcome:
-    try:
-        volume = _read(job, cfg)
-        return Outcome(index, slices=process_volume(volume, cfg))
-    except InputError as exc:
-        text = str(exc)
-        for prefix in (job.name, job.source):
-            text = text.removeprefix(f"{prefix}: ")
-        return Outcome(index, reason=text)
-
-
-def _read(job: Job, cfg: PreprocessConfig) -> Volume:
-    item = job.item
-    if isinstance(item, Series):
-        return read_series(
-            item, job.patient, job.source, lambda p: file_token(p, item.root, job.key)
-        )
-    return read_nifti(item.image, job.patient, job.source, item.mask, cfg.channel, name=job.name)
-
-
-def _outcomes(
-    jobs: list[Job], cfg: PreprocessConfig, pool: ProcessPoolExecutor | None
-) -> Iterator[Outcome]:
-    """Run the jobs, yielding outcomes in job order; at most 2 x workers are in flight."""
-    if pool is None:
-        for i, job in enumerate(jobs):
-            yield _run_job(i, job, cfg)
-        return
-    pending: dict[int, Future[Outcome]] = {}
-    submitted = 0
-    for i in range(len(jobs)):
-        while submitted < len(jobs) and submitted < i + 2 * cfg.workers:
-            pending[submitted] = pool.submit(_run_job, submitted, jobs[submitted], cfg)
-            submitted += 1
-        yield pending.pop(i).result()
-
-
-@contextmanager
-def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
-    """A process pool, all workers started now, before the progress bar's thread exists."""
-    if workers == 1:
-        yield None
-        return
-    # fork starts a worker in milliseconds; spawn (macOS, Windows, or a spawned parent) makes
-    # every worker import the package again first, which costs seconds.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context(
-        "fork" if sys.platform == "linux" and "fork" in methods else None
-    )
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        list(pool.map(_noop, range(workers)))
-        yield pool
-
-
-def _noop(_: int) -> None:
-    return None
-
-
-def _map_fn(pool: ProcessPoolExecutor | None) -> MapFn:
-    if pool is None:
-        return map
-    return partial(pool.map, chunksize=32)
+__all__ = [
+    "WINDOWS",
+    "Job",
+    "Outcome",
+    "Slices",
+    "body_fraction",
+    "fit_square",
+    "output_geometry",
+    "preprocess",
+    "process_volume",
+    "resize_slices",
+    "reslice",
+    "split_patients",
+    "summary_table",
+    "to_unit_range",
+    "window_range",
+]
 
 
 # ---------------------------------------------------------------- the stage
@@ -389,8 +117,8 @@ def preprocess(
     """
     _check_labels_option(cfg, labels_csv)
     key = load_key(key_file)
-    with _pool(cfg.workers) as pool:
-        run = _discover(inputs, cfg, key, _map_fn(pool))
+    with worker_pool(cfg.workers) as pool:
+        run = _discover(inputs, cfg, key, pool_map(pool))
         if not run.jobs:
             raise InputError(_nothing_readable(inputs, run))
         classes = _read_classes(labels_csv, cfg, key) if labels_csv is not None else None
@@ -548,7 +276,7 @@ def _spool_all(
     columns = (TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task("volumes", total=len(run.jobs))
-        for outcome in _outcomes(run.jobs, cfg, pool):
+        for outcome in outcomes(run.jobs, cfg, pool):
             job = run.jobs[outcome.job_index]
             progress.advance(task)
             if outcome.slices is None:

@@ -21,7 +21,7 @@ from augment import metrics
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from augment.evaluate import ExperimentData, GainResult
+    from augment.gain import ExperimentData, GainResult
 
 _NOT_CURVES = ("lr_", "images_per_s")
 _FIDELITY_ROWS = (

@@ -71,7 +71,7 @@ def test_every_arm_trains_on_exactly_the_gan_patients_and_never_on_val_or_test(
         assert val is data.val  # val is used for model selection only
         return real_train(images, labels, val, *args, **kwargs)
 
-    monkeypatch.setattr(ev, "train_classifier", spy)
+    monkeypatch.setattr("augment.gain.train_classifier", spy)
     gain = ev.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
     n = len(data.train.labels)
     held = np.concatenate([data.val.images, data.test.images]).reshape(-1, S * S)
@@ -245,7 +245,7 @@ def _model_dir(tmp_path: Path, patients: list[str], fraction: float = 1.0) -> Pa
 def test_stage_fails_on_a_model_trained_on_test_patients(tmp_path: Path, monkeypatch) -> None:
     store = _store(tmp_path)
     model = _model_dir(tmp_path, ["train0", "train1", "train2", "test0"])
-    monkeypatch.setattr("augment.sample.load_synthetic", lambda p: pytest.fail("read"))
+    monkeypatch.setattr("augment.synthetic_set.load_synthetic", lambda p: pytest.fail("read"))
     with pytest.raises(StoreError, match="val/test"):
         ev.evaluate(_cfg(), store.root, model, tmp_path / "syn", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -259,7 +259,7 @@ def test_cli_copying_generator_exits_1_with_the_report_written(tmp_path: Path, m
     store = _store(tmp_path)
     train_idx = store.indices("train")
     copies = _Syn(np.asarray(store.images[train_idx], np.float32), store.labels(train_idx), [])
-    monkeypatch.setattr("augment.sample.load_synthetic", lambda p: copies)
+    monkeypatch.setattr("augment.synthetic_set.load_synthetic", lambda p: copies)
     model = _model_dir(tmp_path, store.patients("train"))
     params = tmp_path / "params.yaml"
     params.write_text("evaluate: {seeds: 1, epochs: 1, bootstrap: 100, batch_size: 8}\n")

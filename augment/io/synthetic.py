@@ -30,6 +30,7 @@ import nibabel as nib
 import numpy as np
 
 from augment.errors import InputError
+from augment.io.jsonfile import load_json
 
 NIFTI_ENDING = ".nii.gz"
 DICOM_SCALE = 2000.0  # [-1, 1] -> int16 [-2000, 2000]: 4000 grey levels, far inside int16
@@ -353,10 +354,7 @@ def read_real_set(root: Path) -> RealSet:
     path = root / "dataset.json"
     if not path.is_file():
         raise InputError(f"{root}: not an nnU-Net raw data set, dataset.json is missing")
-    try:
-        dataset = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    dataset = load_json(path, InputError)
     ending = dataset.get("file_ending")
     if ending != NIFTI_ENDING:
         raise InputError(f"{path}: expected file_ending {NIFTI_ENDING!r}, got {ending!r}")
@@ -382,10 +380,7 @@ def _read_splits(root: Path, cases: set[str]) -> list[dict] | None:
     path = root / "splits_final.json"
     if not path.is_file():
         return None
-    try:
-        splits = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    splits = load_json(path, InputError)
     ok = isinstance(splits, list) and all(
         isinstance(f, dict)
         and set(f) >= {"train", "val"}

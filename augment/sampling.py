@@ -1,0 +1,167 @@
+"""What ``augment sample`` draws: exact class counts, per-sample noise, generation, units.
+
+Sample ``i`` of a run is G(z_i | y_i) with ``z_i`` drawn from ``np.random.default_rng([seed, i])``
+(see :func:`noise`), so it does not depend on the batch size or the number of writer threads:
+the manifest row (seed, noise_index, class) regenerates exactly that sample
+(:func:`generate`). Classes get exact counts (largest remainder of the requested shares) in
+contiguous blocks of indices (:func:`class_counts`, :func:`class_of`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from augment.errors import ConfigError
+
+_CT_PRESETS = ("abdomen", "lung", "brain", "bone")
+
+
+@dataclass(frozen=True)
+class Units:
+    """The training data's intensity window: [-1, 1] <-> center -/+ width / 2.
+
+    Attributes:
+        center: value of 0 in the model's range.
+        width: span of [-1, 1] in the data's units.
+        name: "HU" for CT, "" when the units are unknown or arbitrary.
+    """
+
+    center: float = 0.0
+    width: float = 2.0
+    name: str = ""
+
+    def to_units(self, x: np.ndarray) -> np.ndarray:
+        """[-1, 1] -> the data's units, float32."""
+        return (x * np.float32(self.width / 2) + np.float32(self.center)).astype(np.float32)
+
+    def to_unit_range(self, v: np.ndarray) -> np.ndarray:
+        """The data's units -> [-1, 1], float32."""
+        return ((v - np.float32(self.center)) / np.float32(self.width / 2)).astype(np.float32)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Units:
+        """Read the window of a model's ``config.json`` (center/width or lower/upper bounds).
+
+        The units are HU when the modality is CT, the window is a CT preset, or it reaches
+        below -100 (only CT has such values); a percentile window has no units: [-1, 1] stays.
+        """
+        window = config.get("window")
+        lo_hi = _window_bounds(window)
+        if lo_hi is None:
+            return cls()
+        lo, hi = lo_hi
+        kind = window.get("kind") if isinstance(window, dict) else None
+        ct = str(config.get("modality", "")).upper() == "CT" or kind in _CT_PRESETS or lo < -100
+        return cls(center=(lo + hi) / 2, width=hi - lo, name="HU" if ct else "")
+
+
+def _window_bounds(window: Any) -> tuple[float, float] | None:
+    if isinstance(window, dict):
+        lower = {k.lower(): v for k, v in window.items()}
+        if "width" in lower and ("center" in lower or "centre" in lower):
+            c, w = float(lower.get("center", lower.get("centre"))), float(lower["width"])
+            return c - w / 2, c + w / 2
+        for lo_key, hi_key in (("lower", "upper"), ("low", "high"), ("lo", "hi"), ("min", "max")):
+            if lo_key in lower and hi_key in lower:
+                return float(lower[lo_key]), float(lower[hi_key])
+    if isinstance(window, (list, tuple)) and len(window) == 2:
+        return float(window[0]), float(window[1])
+    return None
+
+
+def class_counts(n: int, class_names: list[str], ratio: dict[str, float] | None) -> np.ndarray:
+    """Exact per-class counts summing to ``n`` by the largest-remainder method.
+
+    Shares may be proportions or counts ('normal=300,lesion=700' with n=1000 gives exactly
+    those). Without a ratio the classes get equal shares; ties go to the lower class id.
+
+    Raises:
+        ConfigError: an unknown class name (the known ones are listed), a ratio for an
+            unconditional model, or shares that are negative or sum to 0.
+    """
+    if not class_names:
+        if ratio:
+            raise ConfigError("sample.class_ratio: the model is unconditional, it has no classes")
+        return np.array([n], dtype=np.int64)
+    ratio = ratio or dict.fromkeys(class_names, 1.0)
+    unknown = sorted(set(ratio) - set(class_names))
+    if unknown:
+        raise ConfigError(
+            f"sample.class_ratio: unknown class {', '.join(map(repr, unknown))}; "
+            f"the model's classes are {class_names}"
+        )
+    shares = np.array([float(ratio.get(c, 0.0)) for c in class_names])
+    if (shares < 0).any() or shares.sum() <= 0:
+        raise ConfigError(
+            f"sample.class_ratio: expected shares >= 0 with a positive sum, got {ratio}"
+        )
+    quota = shares / shares.sum() * n
+    counts = np.floor(quota).astype(np.int64)
+    order = np.argsort(-(quota - counts), kind="stable")  # largest remainders first
+    counts[order[: n - int(counts.sum())]] += 1
+    return counts
+
+
+def noise(seed: int, indices: np.ndarray, nz: int, truncation: float | None = None) -> np.ndarray:
+    """The noise of samples ``indices``: row k from ``np.random.default_rng([seed, indices[k]])``.
+
+    Args:
+        seed: the run's seed.
+        indices: (B,) sample indices (the manifest's noise_index).
+        nz: noise dimension.
+        truncation: if set, entries with |z| > truncation are redrawn from the same stream
+            (the truncation trick: a truncated normal, fidelity over diversity).
+
+    Returns:
+        (B, nz) float32.
+    """
+    out = np.empty((len(indices), nz), dtype=np.float32)
+    for row, i in enumerate(indices):
+        rng = np.random.default_rng([seed, int(i)])
+        z = rng.standard_normal(nz, dtype=np.float32)
+        while truncation is not None and (bad := np.abs(z) > truncation).any():
+            z[bad] = rng.standard_normal(int(bad.sum()), dtype=np.float32)
+        out[row] = z
+    return out
+
+
+@torch.inference_mode()
+def generate(
+    generator: torch.nn.Module,
+    info: Any,
+    seed: int,
+    indices: np.ndarray,
+    classes: np.ndarray,
+    truncation: float | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Generate samples ``indices`` of a run (also used to regenerate one manifest row).
+
+    Args:
+        generator: from :func:`augment.modeldir.load_generator` (eval mode).
+        info: its :class:`augment.modeldir.ModelInfo`.
+        seed: the run's seed.
+        indices: (B,) noise indices.
+        classes: (B,) class ids (ignored by unconditional models).
+        truncation: as in :func:`noise`.
+
+    Returns:
+        images (B, S, S) float32 in [-1, 1]; masks (B, S, S) uint8 label ids or None.
+    """
+    device = next(generator.parameters()).device
+    z = torch.from_numpy(noise(seed, indices, info.spec.nz, truncation)).to(device)  # (B, nz)
+    y = (
+        torch.from_numpy(np.asarray(classes, dtype=np.int64)).to(device)
+        if info.class_names
+        else None
+    )
+    images, masks = info.split(generator(z, y))  # (B, 1, S, S), (B, S, S)
+    return images[:, 0], masks
+
+
+def class_of(cum: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The class of each sample index, given the cumulative class counts ``cum``."""
+    return np.searchsorted(cum, indices, side="right").astype(np.int64)  # block of each index

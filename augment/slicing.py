@@ -1,0 +1,228 @@
+"""Array functions of preprocessing, free of I/O: window, reslice, resize, split, one volume.
+
+The first layer of :mod:`augment.preprocess` (nnU-Net's layering): :func:`window_range`,
+:func:`reslice`, :func:`body_fraction`, :func:`resize_slices`, :func:`split_patients`, then
+one volume's processing (:func:`process_volume`), which the stage runs in worker processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.transform import resize
+
+from augment.config import PreprocessConfig, SplitConfig, WindowConfig
+from augment.errors import InputError
+from augment.io.store import SPLITS
+from augment.io.volume import Volume
+
+# CT windows (centre, width) in HU, as radiology viewers preset them.
+WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (40.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "brain": (40.0, 80.0),
+    "bone": (400.0, 1800.0),
+}
+
+
+# ---------------------------------------------------------------- array functions (no I/O)
+
+
+def window_range(image: np.ndarray, cfg: PreprocessConfig) -> tuple[float, float]:
+    """The intensity range mapped to [-1, 1]: a CT preset, an explicit window or percentiles.
+
+    Args:
+        image: the volume in physical units (percentiles are taken over all of it).
+        cfg: ``cfg.window`` and ``cfg.percentiles``.
+
+    Returns:
+        (low, high), with high > low.
+    """
+    if isinstance(cfg.window, WindowConfig):
+        center, width = cfg.window.center, cfg.window.width
+    elif cfg.window in WINDOWS:
+        center, width = WINDOWS[cfg.window]
+    else:
+        lo, hi = np.percentile(image, cfg.percentiles)
+        return float(lo), float(max(hi, lo + 1e-6))
+    return center - width / 2, center + width / 2
+
+
+def to_unit_range(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clip to [low, high] and map linearly to [-1, 1] (float32)."""
+    out = np.clip(image, low, high).astype(np.float32)
+    out -= low
+    out *= 2.0 / (high - low)
+    out -= 1.0
+    return np.clip(out, -1.0, 1.0, out=out)
+
+
+def reslice(
+    volume: np.ndarray, spacing: tuple[float, float, float], axis: str
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """View a canonical (Z, Y, X) volume as a stack of 2D slices along ``axis``.
+
+    Slices are laid out as viewers show them: axial with anterior up and the patient's right on
+    the left; coronal and sagittal with superior up.
+
+    Returns:
+        (N, H, W) slices (a view, no copy) and their in-plane spacing (h, w) in mm.
+    """
+    sz, sy, sx = spacing
+    if axis == "axial":
+        return volume, (sy, sx)
+    if axis == "coronal":  # (Y, Z reversed, X)
+        return volume.transpose(1, 0, 2)[:, ::-1, :], (sz, sx)
+    if axis == "sagittal":  # (X, Z reversed, Y)
+        return volume.transpose(2, 0, 1)[:, ::-1, :], (sz, sy)
+    raise ValueError(f"expected axis axial, coronal or sagittal, got {axis!r}")
+
+
+def body_fraction(slices: np.ndarray, threshold: float) -> np.ndarray:
+    """(N,) share of each slice's pixels above ``threshold`` (physical units)."""
+    return (slices > threshold).mean(axis=(1, 2))
+
+
+def output_geometry(
+    shape_hw: tuple[int, int], spacing_hw: tuple[float, float], size: int, spacing: float | None
+) -> tuple[tuple[int, int], tuple[float, float]]:
+    """Where a slice lands in the S x S output: its resized shape and the output pixel size.
+
+    Pixels become square. Without a target ``spacing`` the whole field of view fits in S x S
+    (the short side is padded); with one, the slice is resampled to it and centre-padded or
+    cropped to S x S.
+
+    Returns:
+        The resized (h, w) before padding/cropping, and the output spacing (y, x) in mm.
+    """
+    fov = (shape_hw[0] * spacing_hw[0], shape_hw[1] * spacing_hw[1])
+    pixel = spacing if spacing is not None else max(fov) / size
+    new = (max(1, round(fov[0] / pixel)), max(1, round(fov[1] / pixel)))
+    if spacing is None:
+        new = (min(new[0], size), min(new[1], size))
+    return new, (round(fov[0] / new[0], 4), round(fov[1] / new[1], 4))
+
+
+def resize_slices(slices: np.ndarray, shape_hw: tuple[int, int], is_mask: bool) -> np.ndarray:
+    """Resize (N, H, W) slices in-plane: anti-aliased linear for images, nearest for masks."""
+    target = (slices.shape[0], *shape_hw)
+    if slices.shape == target:
+        return np.array(slices)
+    if is_mask:
+        out = resize(slices, target, order=0, anti_aliasing=False, preserve_range=True)
+        return out.astype(np.uint8)
+    # The first axis keeps its size, so the anti-aliasing Gaussian has sigma 0 along it.
+    return resize(slices, target, order=1, anti_aliasing=True, preserve_range=True).astype(
+        np.float32
+    )
+
+
+def fit_square(slices: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """Centre-pad or centre-crop (N, H, W) slices to (N, size, size)."""
+    n, h, w = slices.shape
+    out = np.full((n, size, size), fill, dtype=slices.dtype)
+    ch, cw = min(h, size), min(w, size)
+    sy, sx = (h - ch) // 2, (w - cw) // 2  # crop offsets
+    dy, dx = (size - ch) // 2, (size - cw) // 2  # pad offsets
+    out[:, dy : dy + ch, dx : dx + cw] = slices[:, sy : sy + ch, sx : sx + cw]
+    return out
+
+
+def split_patients(classes: dict[str, int], fractions: SplitConfig, seed: int) -> dict[str, str]:
+    """Assign each patient to exactly one split, stratified by patient class.
+
+    Within each class the patients are shuffled with ``seed`` and cut by the fractions
+    (largest remainders); then every split with a non-zero fraction that got no patient takes
+    one from the largest split, while that split keeps at least one.
+
+    Args:
+        classes: patient -> class id.
+        fractions: the train/val/test fractions.
+        seed: the shuffle's seed; the same inputs and seed give the same split.
+
+    Returns:
+        patient -> "train" | "val" | "test".
+    """
+    rng = np.random.default_rng(seed)
+    frac = {"train": fractions.train, "val": fractions.val, "test": fractions.test}
+    members: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for cls in sorted(set(classes.values())):
+        patients = sorted(p for p, c in classes.items() if c == cls)
+        patients = [patients[i] for i in rng.permutation(len(patients))]
+        quotas = _quotas(len(patients), frac, {s: len(m) for s, m in members.items()})
+        start = 0
+        for s in SPLITS:
+            members[s].extend(patients[start : start + quotas[s]])
+            start += quotas[s]
+    for s in SPLITS:
+        donor = max(SPLITS, key=lambda d: len(members[d]))
+        if frac[s] > 0 and not members[s] and len(members[donor]) > 1:
+            members[s].append(members[donor].pop())
+    return {p: s for s in SPLITS for p in members[s]}
+
+
+def _quotas(n: int, frac: dict[str, float], so_far: dict[str, int]) -> dict[str, int]:
+    exact = {s: n * frac[s] for s in SPLITS}
+    quotas = {s: int(exact[s]) for s in SPLITS}
+    # Remainders go to the largest fractional parts; ties to the split furthest below its share.
+    total = sum(so_far.values()) + n
+    order = sorted(
+        (s for s in SPLITS if frac[s] > 0),
+        key=lambda s: (-(exact[s] - quotas[s]), so_far[s] - total * frac[s]),
+    )
+    for s in order[: n - sum(quotas.values())]:
+        quotas[s] += 1
+    return quotas
+
+
+# ---------------------------------------------------------------- one volume
+
+
+@dataclass
+class Slices:
+    """One volume's output slices (before the split is known).
+
+    Attributes:
+        images: (n, S, S) float32 in [-1, 1].
+        masks: (n, S, S) uint8 label ids, or None.
+        z: (n,) index of each slice along the slicing axis of the canonical volume.
+        lesion_pixels: (n,) foreground mask pixels at the output size (0 without a mask).
+        spacing: output pixel size (y, x) in mm.
+        window: the (low, high) intensity range that was mapped to [-1, 1].
+    """
+
+    images: np.ndarray
+    masks: np.ndarray | None
+    z: np.ndarray
+    lesion_pixels: np.ndarray
+    spacing: tuple[float, float]
+    window: tuple[float, float]
+
+
+def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
+    """Slice, filter, window and resize one volume.
+
+    Raises:
+        InputError: NaN or inf voxels, or no slice with enough body.
+    """
+    bad = int(np.size(volume.image) - np.count_nonzero(np.isfinite(volume.image)))
+    if bad:
+        raise InputError(f"{volume.source}: expected finite voxels, got {bad} NaN or inf")
+    slices, spacing_hw = reslice(volume.image, volume.spacing, cfg.axis)
+    keep = np.flatnonzero(body_fraction(slices, cfg.body_threshold) >= cfg.min_body_fraction)
+    if keep.size == 0:
+        raise InputError(
+            f"{volume.source}: expected slices with at least {cfg.min_body_fraction:.0%} body "
+            f"(voxels above {cfg.body_threshold:g}), got none"
+        )
+    low, high = window_range(volume.image, cfg)
+    shape, spacing = output_geometry(slices.shape[1:], spacing_hw, cfg.size, cfg.spacing)
+    images = resize_slices(to_unit_range(slices[keep], low, high), shape, is_mask=False)
+    images = np.clip(fit_square(images, cfg.size, -1.0), -1.0, 1.0)  # (n, S, S)
+    masks, lesion = None, np.zeros(keep.size, dtype=np.int64)
+    if volume.mask is not None:
+        mask_slices, _ = reslice(volume.mask, volume.spacing, cfg.axis)
+        masks = fit_square(resize_slices(mask_slices[keep], shape, is_mask=True), cfg.size, 0)
+        lesion = np.count_nonzero(masks, axis=(1, 2))
+    return Slices(images, masks, keep, lesion, spacing, (low, high))

@@ -1,0 +1,109 @@
+"""Preprocessing jobs: read one volume and process it, in worker processes.
+
+One :class:`Job` per DICOM series or NIfTI case, with its pseudonymised names; a worker reads
+the volume (:mod:`augment.io.dicom`, :mod:`augment.io.nifti`) and runs
+:func:`augment.slicing.process_volume` on it, returning an :class:`Outcome`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+from augment.config import PreprocessConfig
+from augment.errors import InputError
+from augment.io.dicom import MapFn, Series, read_series
+from augment.io.nifti import NiftiCase, read_nifti
+from augment.io.volume import Volume
+from augment.privacy import file_token
+from augment.slicing import Slices, process_volume
+
+
+@dataclass(frozen=True)
+class Job:
+    """One volume to read: a DICOM series or a NIfTI case, with its pseudonymised names."""
+
+    item: Series | NiftiCase
+    patient: str
+    source: str
+    name: str
+    key: bytes = field(repr=False)
+
+
+@dataclass
+class Outcome:
+    """What a worker returns: the slices, or the reason the volume was skipped."""
+
+    job_index: int
+    slices: Slices | None = None
+    reason: str | None = None
+
+
+def _run_job(index: int, job: Job, cfg: PreprocessConfig) -> Outcome:
+    try:
+        volume = _read(job, cfg)
+        return Outcome(index, slices=process_volume(volume, cfg))
+    except InputError as exc:
+        text = str(exc)
+        for prefix in (job.name, job.source):
+            text = text.removeprefix(f"{prefix}: ")
+        return Outcome(index, reason=text)
+
+
+def _read(job: Job, cfg: PreprocessConfig) -> Volume:
+    item = job.item
+    if isinstance(item, Series):
+        return read_series(
+            item, job.patient, job.source, lambda p: file_token(p, item.root, job.key)
+        )
+    return read_nifti(item.image, job.patient, job.source, item.mask, cfg.channel, name=job.name)
+
+
+def outcomes(
+    jobs: list[Job], cfg: PreprocessConfig, pool: ProcessPoolExecutor | None
+) -> Iterator[Outcome]:
+    """Run the jobs, yielding outcomes in job order; at most 2 x workers are in flight."""
+    if pool is None:
+        for i, job in enumerate(jobs):
+            yield _run_job(i, job, cfg)
+        return
+    pending: dict[int, Future[Outcome]] = {}
+    submitted = 0
+    for i in range(len(jobs)):
+        while submitted < len(jobs) and submitted < i + 2 * cfg.workers:
+            pending[submitted] = pool.submit(_run_job, submitted, jobs[submitted], cfg)
+            submitted += 1
+        yield pending.pop(i).result()
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A process pool, all workers started now, before the progress bar's thread exists."""
+    if workers == 1:
+        yield None
+        return
+    # fork starts a worker in milliseconds; spawn (macOS, Windows, or a spawned parent) makes
+    # every worker import the package again first, which costs seconds.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context(
+        "fork" if sys.platform == "linux" and "fork" in methods else None
+    )
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        list(pool.map(_noop, range(workers)))
+        yield pool
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+def pool_map(pool: ProcessPoolExecutor | None) -> MapFn:
+    """A ``map`` over ``pool`` (the builtin ``map`` without one), for scanning DICOM files."""
+    if pool is None:
+        return map
+    return partial(pool.map, chunksize=32)
