@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,9 @@ def _sh(cwd: Path, *args: str) -> str:
 
 
 def _ran(output: str) -> list[str]:
-    return [s for s in STAGES if f"Running stage '{s}'" in output]
+    # Stages of a dvc.yaml in a sub-folder are named 'folder/dvc.yaml:stage'.
+    ran = re.findall(r"Running stage '(?:[^']*:)?([\w-]+)'", output)
+    return [s for s in STAGES if s in ran]
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +128,28 @@ def test_parameter_sweep_with_dvc_experiments(project):
     _sh(project, "dvc", "plots", "diff", *names, "--targets", "reports/plots/gain.csv",
         "-x", "fraction", "-y", "gain_auc_vs_real", "-o", str(out))  # fmt: skip
     assert (out / "index.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("template", "layout"), [("ct-dicom", "dicom"), ("msd-nifti", "nifti")]
+)  # fmt: skip
+def test_pipeline_template_runs_on_phantoms_in_its_layout(tmp_path, template, layout):
+    # As the README walks a new user through it: export phantoms, point the template at them.
+    root = tmp_path / "project"
+    shutil.copytree(REPO / "pipelines" / template, root / template)
+    params_file = root / template / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    for section in ("preprocess", "train", "sample", "evaluate"):
+        params[section].update(TINY[section])
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    raw = root / template / "data" / "raw"
+    tiny = [f"--{k}={v}" for k, v in TINY["phantoms"].items()]
+    _sh(root, "git", "init", "-q")
+    _sh(root, "dvc", "init", "-q")
+    _sh(root, "augment", "phantoms", "--out", str(raw), "--params", "none.yaml", *tiny)
+    assert (raw / layout).is_dir()
+    output = _sh(root, "dvc", "repro", f"{template}/dvc.yaml")
+    assert _ran(output) == ["preprocess", "train", "sample", "evaluate"]
+    metrics = json.loads((root / template / "reports" / "metrics.json").read_text())
+    assert metrics
+    assert load_synthetic(root / template / "data" / "synthetic").images.shape[0] == 40
