@@ -23,7 +23,7 @@ class _Section(BaseModel):
 class PhantomsConfig(_Section):
     """The embedded demo data set: CT-like abdominal volumes with lesion masks."""
 
-    patients: int = Field(24, ge=2, le=10_000, description="number of patients")
+    patients: int = Field(32, ge=2, le=10_000, description="number of patients")
     size: int = Field(128, ge=32, le=1024, description="in-plane matrix size (pixels)")
     slices: int = Field(40, ge=4, le=2000, description="slices per volume")
     pixel_spacing: float = Field(2.8, gt=0, le=10, description="in-plane spacing (mm)")
@@ -85,31 +85,50 @@ class PreprocessConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """The DCGAN and its training run."""
+    """The DCGAN and its training run.
+
+    The defaults are the recipe measured to work on the demo phantoms (see params.yaml's
+    comment and docs/benchmarks.md): hinge loss, spectral norm in D, Adam(0, 0.9) at 4e-4,
+    minibatch-std, class-conditional batch norm in G, soft masks at weight 0.25 and balanced
+    classes. The plain Radford DCGAN is loss="bce", spectral_norm=False, d_batchnorm=True,
+    beta1=0.5, lr 2e-4.
+    """
 
     nz: int = Field(100, ge=1, le=4096)
-    ngf: int = Field(64, ge=4, le=1024)
-    ndf: int = Field(64, ge=4, le=1024)
+    ngf: int = Field(32, ge=4, le=1024)
+    ndf: int = Field(32, ge=4, le=1024)
     projection: Literal["dense", "conv"] = "conv"
-    loss: Literal["bce", "hinge", "wgan-gp"] = "bce"
+    loss: Literal["bce", "hinge", "wgan-gp"] = "hinge"
     spectral_norm: bool = True
     d_batchnorm: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
+    mbstd_group: int = Field(
+        4, ge=0, le=64, description="D's minibatch-std group size against collapse (0 = off)"
+    )
     conditional: bool = True
+    g_conditioning: Literal["cbn", "concat"] = Field(
+        "cbn", description="class input of G: conditional batch norm, or embedding concat to z"
+    )
     with_masks: Literal["auto", "yes", "no"] = "auto"
+    hard_masks: bool = Field(
+        False, description="D sees G's masks as straight-through one-hot (else tanh scores)"
+    )
+    mask_weight: float = Field(0.25, gt=0, le=1, description="scale of mask channels D sees")
     diffaug: list[Literal["translation", "cutout", "color"]] = Field(default_factory=list)
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr_g: float = Field(2e-4, gt=0)
-    lr_d: float = Field(2e-4, gt=0)
-    beta1: float = Field(0.5, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
+    steps: int = Field(1200, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr_g: float = Field(4e-4, gt=0)
+    lr_d: float = Field(4e-4, gt=0)
+    beta1: float = Field(0.0, ge=0, lt=1)
+    beta2: float = Field(0.9, ge=0, lt=1)
     n_critic: int = Field(1, ge=1, le=20)
     gp_weight: float = Field(10.0, ge=0)
     fraction: float = Field(1.0, gt=0, le=1, description="share of train patients used")
+    balance_classes: bool = Field(True, description="draw every class equally often")
     seed: int = Field(0, ge=0)
     device: str = "auto"
+    threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch's default)")
     compile: bool = False
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(250, ge=1)

@@ -41,8 +41,13 @@ def test_shapes_every_size(size: int, projection: str) -> None:
 @pytest.mark.parametrize("n_classes", [0, 3])
 @pytest.mark.parametrize("mask_channels", [0, 2, 4])
 @pytest.mark.parametrize("sn", [True, False])
-def test_conditional_masks_spectral_norm(n_classes: int, mask_channels: int, sn: bool) -> None:
-    spec = _tiny(n_classes=n_classes, mask_channels=mask_channels, spectral_norm=sn)
+@pytest.mark.parametrize("cond", ["concat", "cbn"])
+def test_conditional_masks_spectral_norm(
+    n_classes: int, mask_channels: int, sn: bool, cond: str
+) -> None:
+    spec = _tiny(
+        n_classes=n_classes, mask_channels=mask_channels, spectral_norm=sn, g_conditioning=cond
+    )
     g, d = Generator(spec), Discriminator(spec)
     y = torch.tensor([0, 2]) if n_classes else None
     out = g(torch.randn(2, spec.nz), y)
@@ -53,8 +58,9 @@ def test_conditional_masks_spectral_norm(n_classes: int, mask_channels: int, sn:
     assert has_sn == sn
 
 
-def test_conditioning_changes_output() -> None:
-    spec = _tiny(n_classes=2)
+@pytest.mark.parametrize("cond", ["concat", "cbn"])
+def test_conditioning_changes_output(cond: str) -> None:
+    spec = _tiny(n_classes=2, g_conditioning=cond)
     g, d = Generator(spec).eval(), Discriminator(spec)
     z = torch.randn(1, spec.nz).repeat(2, 1)
     out = g(z, torch.tensor([0, 1]))
@@ -181,3 +187,54 @@ def test_recalibrate_batchnorm_matches_train_mode() -> None:
     err_fresh = (fresh - train_out).pow(2).mean()
     assert err_fresh < 0.1 * err_stale
     assert err_fresh < 0.1 * train_out.var()
+
+
+def test_conditional_batchnorm_layout() -> None:
+    """cbn: per-class gain N(1, 0.02) and bias 0 at every G batch norm, z not widened."""
+    from augment.nets.dcgan import CondBatchNorm2d
+
+    g = Generator(_tiny(n_classes=3, g_conditioning="cbn"))
+    cbns = [m for m in g.modules() if isinstance(m, CondBatchNorm2d)]
+    assert cbns and g.embed is None
+    assert g.project.weight.shape[0] == 8  # nz in, not 2 * nz
+    gains = torch.cat([m.gain.weight.flatten() for m in cbns])
+    assert abs(gains.mean().item() - 1) < 0.01 and 0.005 < gains.std().item() < 0.05
+    assert all(m.bias.weight.abs().max() == 0 for m in cbns)
+    assert not any(isinstance(m, nn.BatchNorm2d) and m.affine for m in g.modules())
+    with pytest.raises(ValueError, match="g_conditioning"):
+        _tiny(g_conditioning="film")
+
+
+def test_recalibrate_and_roundtrip_cbn(tmp_path) -> None:
+    spec = _tiny(n_classes=2, mask_channels=2, g_conditioning="cbn")
+    g = Generator(spec)
+    z, y = torch.randn(64, spec.nz), torch.arange(64) % 2
+    with torch.no_grad():
+        train_out = g.train()(z, y)
+        recalibrate_batchnorm(g, batches=16, batch_size=64)
+        assert (g.eval()(z, y) - train_out).pow(2).mean() < 0.1 * train_out.var()
+    save_generator(tmp_path, g, spec, {})
+    loaded, info = load_generator(tmp_path)
+    assert info.spec.g_conditioning == "cbn"
+    with torch.no_grad():
+        assert torch.allclose(loaded(z, y), g(z, y), atol=1e-6)
+
+
+def test_old_spec_without_g_conditioning_loads_concat() -> None:
+    d = _tiny(n_classes=2).to_dict()
+    del d["g_conditioning"]
+    assert DCGANSpec.from_dict(d).g_conditioning == "concat"
+
+
+def test_minibatch_std_groups_do_not_mix_halves() -> None:
+    """Groups are consecutive samples: a real half and a fake half never share a group."""
+    from augment.nets.dcgan import minibatch_std
+
+    h = torch.cat([torch.ones(8, 3, 4, 4), torch.randn(8, 3, 4, 4)])  # (16, 3, 4, 4)
+    out = minibatch_std(h, 4)
+    assert out.shape == (16, 4, 4, 4) and torch.equal(out[:, :3], h)
+    assert out[:8, 3].max() < 1e-3 and out[8:, 3].min() > 0.1
+    assert minibatch_std(torch.randn(6, 2, 4, 4), 4).shape == (6, 3, 4, 4)  # 4 -> 3 divides 6
+    spec = _tiny(n_classes=2, mask_channels=2, mbstd_group=4)
+    d = Discriminator(spec)
+    assert d(torch.randn(8, 3, 32, 32), torch.arange(8) % 2).shape == (8,)

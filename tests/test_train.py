@@ -25,6 +25,8 @@ from augment.train import (
     train,
     train_patients,
 )
+from augment.training import data as data_mod
+from augment.training import step as step_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,7 +193,7 @@ def test_resume_refuses_other_config_or_data(store: Path, tmp_path: Path) -> Non
 def test_divergence_guard_keeps_last_good_checkpoint(store: Path, tmp_path: Path,
                                                      monkeypatch) -> None:  # fmt: skip
     out = tmp_path / "m"
-    real_loss = train_mod._g_loss
+    real_loss = step_mod._g_loss
     calls = {"n": 0}
 
     def poisoned(kind, fake):
@@ -199,7 +201,7 @@ def test_divergence_guard_keeps_last_good_checkpoint(store: Path, tmp_path: Path
         loss = real_loss(kind, fake)
         return loss * float("nan") if calls["n"] > 2 else loss
 
-    monkeypatch.setattr(train_mod, "_g_loss", poisoned)
+    monkeypatch.setattr(step_mod, "_g_loss", poisoned)
     cfg = tiny(steps=20, checkpoint_every=2, divergence_patience=3)
     with pytest.raises(DivergenceError, match=r"not finite for 3 steps.*step 2\)"):
         train(cfg, store, out)
@@ -259,11 +261,11 @@ def test_store_without_masks(tmp_path: Path) -> None:
 def test_ema_differs_and_follows(store: Path) -> None:
     s = SliceStore.open(store)
     cfg = tiny(ema_decay=0.9)
-    data, info = train_mod.load_train_data(s, cfg)
+    data, info = data_mod.load_train_data(s, cfg)
     spec = train_mod._spec(cfg, s, data, info)
     trainer = Trainer(spec, cfg, torch.device("cpu"))
     rng = torch.Generator().manual_seed(0)
-    next_batch = train_mod._batches(data, cfg, torch.device("cpu"), rng)
+    next_batch = data_mod.batches(data, cfg, torch.device("cpu"), rng)
 
     def distance() -> float:
         pairs = zip(trainer.g_ema.parameters(), trainer.g.parameters(), strict=True)
@@ -369,3 +371,53 @@ def test_gpu_step_bf16(store: Path, tmp_path: Path) -> None:
     assert np.isfinite(summary["loss_d"])
     g, _ = load_generator(tmp_path / "m", device="cuda")
     assert next(g.parameters()).is_cuda
+
+
+def test_outline_marks_region_borders_only() -> None:
+    from augment.training.pictures import _outline, tiles
+
+    masks = np.zeros((1, 8, 8), dtype=np.int64)
+    masks[0, 2:6, 2:6] = 1
+    edge = _outline(masks)[0]
+    assert edge[2, 2:6].all() and edge[5, 2:6].all() and edge[2:6, 2].all()
+    assert not edge[3:5, 3:5].any() and not edge[masks[0] == 0].any()
+    rgb = tiles(np.zeros((1, 1, 8, 8)), masks, ncol=1)
+    assert tuple(rgb[2, 2]) != tuple(rgb[3, 3]) and rgb.shape == (8, 8, 3)
+
+
+def test_samples_figure_layout(store: Path, tmp_path: Path) -> None:
+    """samples.png: one block per class, real beside synthetic, little empty space."""
+    from PIL import Image
+
+    train(tiny(steps=2), store, tmp_path / "m")
+    with Image.open(tmp_path / "m" / "samples.png") as im:
+        w, h = im.size
+    s = 32  # tiny store slices; 2 classes x 3 rows of 8 tiles, real and synthetic
+    assert 2 * 8 * s < w < 2 * 8 * s + 80 and 2 * 3 * s < h < 2 * 3 * s + 30
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_mask_weight_and_hardening(store: Path, hard: bool) -> None:
+    """D sees mask channels scaled by mask_weight; G's scores are hardened only if asked."""
+    s = SliceStore.open(store)
+    cfg = tiny(mask_weight=0.25, hard_masks=hard)
+    data, info = data_mod.load_train_data(s, cfg)
+    trainer = Trainer(train_mod._spec(cfg, s, data, info), cfg, torch.device("cpu"))
+    x = torch.rand(2, 4, 32, 32) * 2 - 1  # image + 3 mask channels
+    seen = trainer._aug(x)
+    assert torch.equal(seen[:, :1], x[:, :1]) and torch.allclose(seen[:, 1:], 0.25 * x[:, 1:])
+    masks = trainer._harden(x)[:, 1:]
+    assert torch.equal(masks, x[:, 1:]) != hard
+    if hard:
+        assert ((masks.abs() - 1).abs() < 1e-5).all()  # one-hot in [-1, 1]
+
+
+def test_balance_classes_draws_classes_equally(store: Path) -> None:
+    s = SliceStore.open(store)
+    data, _ = data_mod.load_train_data(s, tiny())
+    data.labels = (torch.arange(len(data)) % 6 == 0).long()  # 1 lesion : 5 normal
+    rng = torch.Generator().manual_seed(0)
+    for balance, share in ((False, 1 / 6), (True, 0.5)):
+        cfg = tiny(batch_size=2000, balance_classes=balance)
+        _, y = data_mod.batches(data, cfg, torch.device("cpu"), rng)()
+        assert abs(y.float().mean().item() - share) < 0.05, (balance, y.float().mean())

@@ -1,0 +1,220 @@
+"""The loop around :meth:`Trainer.step`: logs, grids, checkpoints and the divergence guard."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from augment.config import TrainConfig
+from augment.errors import AugmentError
+from augment.io.store import SliceStore
+from augment.modeldir import CHECKPOINT_FILE, save_generator
+from augment.nets.dcgan import DCGANSpec, Generator
+from augment.training.checkpoint import rng_state, save_checkpoint
+from augment.training.data import DataInfo, TrainData
+from augment.training.ddp import DistInfo, check_replicas
+from augment.training.pictures import fixed_grid, fixed_inputs, samples_figure
+from augment.training.step import Trainer
+
+METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
+
+
+class DivergenceError(AugmentError):
+    """Losses stayed non-finite for ``divergence_patience`` steps in a row."""
+
+
+class Run:
+    """The loop around :meth:`Trainer.step`: logs, grids, checkpoints, the divergence guard."""
+
+    def __init__(self, cfg: TrainConfig, spec: DCGANSpec, trainer: Trainer, data: TrainData,
+                 info: DataInfo, store: SliceStore, out: Path, dd: DistInfo,
+                 data_rng: torch.Generator) -> None:  # fmt: skip
+        self.cfg, self.spec, self.trainer, self.data, self.info = cfg, spec, trainer, data, info
+        self.store, self.out, self.dd, self.data_rng = store, out, dd, data_rng
+        self.device = trainer.device
+        self.fixed = fixed_inputs(spec, cfg.seed, self.device)
+        counts = torch.bincount(data.labels.cpu(), minlength=max(1, spec.n_classes)).float()
+        self.class_probs = counts if spec.n_classes else None
+        self.last_good = -1  # step of the last checkpoint written
+        self._sampler_cache: tuple[int, Generator] | None = None
+        # Host syncs cost GPU throughput: check finiteness every few steps there, every step
+        # on the CPU where it is free.
+        self.check_every = 1 if self.device.type == "cpu" else min(10, cfg.divergence_patience)
+
+    def loop(self, next_batch: Callable[[], tuple[Tensor, Tensor]], resumed: bool) -> dict:
+        cfg, trainer = self.cfg, self.trainer
+        start = trainer.step_count
+        live = self._live(resumed)
+        bad = torch.zeros((), device=self.device)  # consecutive non-finite steps
+        acc = torch.zeros(len(METRICS), device=self.device)
+        n_acc, t0, last = 0, time.perf_counter(), None
+        images_per_s = 0.0
+        with self._progress() as (progress, task):
+            progress.update(task, completed=start)
+            while trainer.step_count < cfg.steps:
+                m = trainer.step(next_batch)
+                finite = torch.isfinite(m).all()
+                bad = torch.where(finite, torch.zeros_like(bad), bad + 1)
+                acc += torch.where(finite, m, torch.zeros_like(m))
+                n_acc += 1
+                step = trainer.step_count
+                if step % self.check_every == 0 or step == cfg.steps:
+                    self._guard(int(bad.item()), m, step)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    last = (acc / max(1, n_acc)).tolist()  # the one host sync of a log window
+                    dt = time.perf_counter() - t0
+                    images_per_s = n_acc * cfg.batch_size * cfg.n_critic * self.dd.world / dt
+                    self._log(live, step, last, images_per_s)
+                    progress.update(task, losses=self._describe(last))
+                    acc.zero_()
+                    n_acc, t0 = 0, time.perf_counter()
+                if self.dd.main and (step % cfg.sample_every == 0 or step == cfg.steps):
+                    self._grid(live, step)
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    self._checkpoint(step)
+                progress.update(task, completed=step)
+        final = trainer.step_count
+        if self.dd.world > 1:
+            check_replicas(trainer.g)
+        if self.dd.main:
+            self._finish(final)
+            if live is not None:
+                live.end()
+        values = dict(zip(METRICS, last or [float("nan")] * len(METRICS), strict=True))
+        return {"steps": final, "started_at": start, **values, "images_per_s": images_per_s,
+                "model_dir": str(self.out), "world_size": self.dd.world}  # fmt: skip
+
+    # -- pieces of the loop
+
+    def _guard(self, bad: int, m: Tensor, step: int) -> None:
+        if bad < self.cfg.divergence_patience:
+            return
+        values = ", ".join(f"{k}={v:.4g}" for k, v in zip(METRICS, m.tolist(), strict=True))
+        kept = (
+            f"the last good checkpoint (step {self.last_good}) is kept in "
+            f"{self.out / CHECKPOINT_FILE}"
+            if self.last_good >= 0
+            else "no checkpoint had been written yet"
+        )
+        raise DivergenceError(
+            f"training diverged at step {step}: losses not finite for {bad} steps in a row "
+            f"({values}); {kept}. Lower lr_g/lr_d, or try loss: hinge"
+        )
+
+    def _checkpoint(self, step: int) -> None:
+        # A state with non-finite weights is never saved over a good one.
+        ok = all(torch.isfinite(p).all() for p in self.trainer.g.parameters())
+        ok = ok and all(torch.isfinite(p).all() for p in self.trainer.d.parameters())
+        rng = rng_state(self.data_rng)
+        rngs = [rng]
+        if self.dd.world > 1:
+            rngs = [None] * self.dd.world
+            dist.all_gather_object(rngs, rng)
+        if not ok or not self.dd.main:
+            return
+        meta = {"config": self.cfg.model_dump(), "spec": self.spec.to_dict(),
+                "fingerprint": self.info.fingerprint, "world_size": self.dd.world}  # fmt: skip
+        save_checkpoint(self.out / CHECKPOINT_FILE, self.trainer, rngs, meta)
+        self._save_generator(step)
+        self.last_good = step
+
+    def _sampler(self) -> Generator:
+        """The recalibrated EMA generator of the current step (grid and save share it)."""
+        step = self.trainer.step_count
+        if self._sampler_cache is None or self._sampler_cache[0] != step:
+            self._sampler_cache = (step, self.trainer.sampling_generator(self.class_probs))
+        return self._sampler_cache[1]
+
+    def _save_generator(self, step: int) -> None:
+        g = self._sampler()
+        extra = {
+            "class_names": self.info.class_names if self.spec.n_classes else [],
+            "label_names": self.info.label_names,
+            "mask_label_ids": self.info.mask_label_ids,
+            "spacing": self.store.meta.get("spacing", [1.0, 1.0]),
+            "window": self.store.meta.get("window"),
+            "slice_store": {"fingerprint": self.info.fingerprint,
+                            "n_slices": len(self.data), "size": self.spec.image_size},
+            "train_patients": self.info.patients,
+            "steps": step,
+            "train_config": self.cfg.model_dump(),
+            "world_size": self.dd.world,
+        }  # fmt: skip
+        save_generator(self.out, g, self.spec, extra)
+
+    def _grid(self, live: Any, step: int) -> None:
+        from PIL import Image
+
+        g = self._sampler()
+        image = Image.fromarray(fixed_grid(g, *self.fixed))
+        if live is not None:
+            live.log_image(f"grid/{step:06d}.png", image)
+
+    def _finish(self, step: int) -> None:
+        g = self._sampler()
+        samples_figure(self.out / "samples.png", g, self.data, self.info, self.cfg.seed)
+
+    def _live(self, resumed: bool) -> Any:
+        if not self.dd.main:
+            return None
+        from dvclive import Live
+        from scmrepo.exceptions import SCMError
+
+        # dvcyaml=None: the pipeline's own dvc.yaml declares the plots (live/plots/metrics).
+        kwargs = {"dir": str(self.out / "live"), "resume": resumed, "save_dvc_exp": False}
+        try:
+            return Live(**kwargs, dvcyaml=None)
+        except SCMError:
+            # dvclive asks git for HEAD before checking that the repository has a commit, so a
+            # new user's `git init; dvc repro` would crash here; the log files need no git.
+            return _files_only_live(**kwargs, dvcyaml=None)
+
+    def _log(self, live: Any, step: int, values: list[float], images_per_s: float) -> None:
+        if live is None:
+            return
+        live.step = step
+        for k, v in zip(METRICS, values, strict=True):
+            live.log_metric(f"train/{k}", v)
+        live.log_metric("train/lr_g", self.trainer.opt_g.param_groups[0]["lr"])
+        live.log_metric("train/lr_d", self.trainer.opt_d.param_groups[0]["lr"])
+        live.log_metric("train/images_per_s", images_per_s)
+        live.make_summary()
+
+    @staticmethod
+    def _describe(values: list[float]) -> str:
+        return "  ".join(f"{k} {v:.3f}" for k, v in zip(METRICS, values, strict=True))
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[tuple[Any, Any]]:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        progress = Progress(
+            TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[losses]}"), transient=True, disable=not self.dd.main,
+        )  # fmt: skip
+        with progress:
+            yield progress, progress.add_task("train", total=self.cfg.steps, losses="")
+
+
+def _files_only_live(**kwargs: Any) -> Any:
+    """A dvclive ``Live`` without its DVC and git integration: only the log files."""
+    from dvclive import Live
+
+    class FilesOnlyLive(Live):
+        def _init_dvc(self) -> None:
+            return None
+
+    return FilesOnlyLive(**kwargs)

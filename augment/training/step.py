@@ -1,0 +1,206 @@
+"""One GAN training step: G, D, their EMA and optimisers (:class:`Trainer`), and the losses."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from augment.config import TrainConfig
+from augment.diffaug import diff_augment
+from augment.nets.dcgan import DCGANSpec, Discriminator, Generator, recalibrate_batchnorm
+from augment.training.ddp import plain_batchnorm, sync_batchnorm
+
+BN_BATCHES = 16  # passes of 64 noise vectors that recalibrate the EMA G's batch norm
+
+
+def _d_loss(kind: str, real: Tensor, fake: Tensor) -> Tensor:
+    if kind == "bce":  # non-saturating GAN on logits
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return fake.mean() - real.mean()  # wgan-gp (penalty added by the caller)
+
+
+def _g_loss(kind: str, fake: Tensor) -> Tensor:
+    return F.softplus(-fake).mean() if kind == "bce" else -fake.mean()
+
+
+class Trainer:
+    """G, D, their EMA and optimisers, and one training step.
+
+    Args:
+        spec: the architecture.
+        cfg: the run's configuration (losses, learning rates, EMA, augmentation).
+        device: where the networks live.
+        distributed: wrap G and D in DistributedDataParallel (process group initialised).
+    """
+
+    def __init__(
+        self, spec: DCGANSpec, cfg: TrainConfig, device: torch.device, distributed: bool = False
+    ) -> None:
+        self.spec, self.cfg, self.device = spec, cfg, device
+        self.cuda = device.type == "cuda"
+        # channels_last on CPU too: oneDNN's (transposed) convolutions run 2-3x faster in it.
+        fmt = torch.channels_last
+        g, d = Generator(spec), Discriminator(spec)
+        if distributed:  # batch statistics over all processes, not per process
+            g, d = sync_batchnorm(g, self.cuda), sync_batchnorm(d, self.cuda)
+        self.g = g.to(device, memory_format=fmt)
+        self.d = d.to(device, memory_format=fmt)
+        self.distributed = distributed
+        if distributed:
+            ids = [device.index] if self.cuda else None
+            self.g_run: nn.Module = nn.parallel.DistributedDataParallel(self.g, device_ids=ids)
+            self.d_run: nn.Module = nn.parallel.DistributedDataParallel(self.d, device_ids=ids)
+        else:
+            self.g_run, self.d_run = self.g, self.d
+        if cfg.compile:
+            self.g_run, self.d_run = torch.compile(self.g_run), torch.compile(self.d_run)
+        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
+        opt = {"fused": True} if self.cuda else {}
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=betas, **opt)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=betas, **opt)
+        self._ema_pairs = (list(self.g_ema.parameters()), list(self.g.parameters()))
+        self._buf_pairs = list(zip(self.g_ema.buffers(), self.g.buffers(), strict=True))
+        # Separate real and fake batches through a batch-norm D, as the plain DCGAN does;
+        # otherwise one concatenated pass (the same numbers, one launch, one DDP forward).
+        self.separate = spec.d_batchnorm and not distributed
+        self.step_count = 0
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _aug(self, x: Tensor) -> Tensor:
+        """What D sees: DiffAugment, and the mask channels scaled by ``mask_weight``."""
+        if self.cfg.diffaug:
+            x = diff_augment(x, self.cfg.diffaug, image_channels=self.spec.channels)
+        if self.spec.mask_channels and self.cfg.mask_weight != 1.0:
+            c = self.spec.channels
+            x = torch.cat([x[:, :c], x[:, c:] * self.cfg.mask_weight], dim=1)
+        return x
+
+    def _harden(self, fake: Tensor) -> Tensor:
+        """With ``hard_masks``: fake mask scores -> one-hot masks in [-1, 1], straight through.
+
+        Hard masks deny D the masks' sharpness as a cue, but G's gradient is only that of a
+        softmax; on the phantoms they gave scattered lesion pixels on every slice. Without
+        ``hard_masks`` (the default) D sees G's tanh scores, and ``mask_weight`` keeps the
+        sharpness cue from drowning the images' signal.
+        """
+        c = self.spec.channels
+        if not self.spec.mask_channels or not self.cfg.hard_masks:
+            return fake
+        soft = torch.softmax(fake[:, c:].float() * 4, dim=1)  # (B, K, S, S)
+        hard = F.one_hot(soft.argmax(1), self.spec.mask_channels).permute(0, 3, 1, 2)
+        masks = hard.to(soft.dtype) + soft - soft.detach()
+        return torch.cat([fake[:, :c], (masks * 2 - 1).to(fake.dtype)], dim=1)
+
+    def _y(self, y: Tensor) -> Tensor | None:
+        return y if self.spec.n_classes else None
+
+    def _d_step(self, real: Tensor, y: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        cfg, b = self.cfg, real.shape[0]
+        gp = cfg.loss == "wgan-gp"
+        parts, ys = [self._aug(real), self._aug(fake)], [y, y]
+        if gp:
+            alpha = torch.rand(b, 1, 1, 1, device=real.device)
+            x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+            parts.append(x_hat)
+            ys.append(y)
+        with self._autocast():
+            if self.separate:
+                outs = [self.d_run(p, self._y(yy)).float() for p, yy in zip(parts, ys, strict=True)]
+            else:
+                cat = torch.cat(parts).contiguous(memory_format=self._fmt())
+                outs = list(self.d_run(cat, self._y(torch.cat(ys))).float().split(b))
+            loss = _d_loss(cfg.loss, outs[0], outs[1])
+        if gp:
+            (grad,) = torch.autograd.grad(outs[2].sum(), x_hat, create_graph=True)
+            loss = loss + cfg.gp_weight * (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        return loss.detach(), outs[0].detach(), outs[1].detach()
+
+    def _fmt(self) -> torch.memory_format:
+        return torch.channels_last
+
+    def step(self, next_batch: Callable[[], tuple[Tensor, Tensor]]) -> Tensor:
+        """One generator step after ``n_critic`` discriminator steps.
+
+        Args:
+            next_batch: returns a real batch (B, C, S, S) and its (B,) labels.
+
+        Returns:
+            (4,) detached tensor: loss_d, loss_g, D(x), D(G(z)) (probabilities for bce, raw
+            scores otherwise), on the device; reading it is the caller's host sync.
+        """
+        cfg = self.cfg
+        real, y = next_batch()
+        z = torch.randn(real.shape[0], self.spec.nz, device=self.device)
+        with self._autocast():
+            fake = self._harden(self.g_run(z, self._y(y)))  # (B, C, S, S)
+        for i in range(cfg.n_critic):
+            if i > 0:
+                real, y = next_batch()
+                with torch.no_grad(), self._autocast():
+                    extra = self._harden(self.g_run(torch.randn_like(z), self._y(y)))
+                loss_d, d_real, d_fake = self._d_step(real, y, extra.float())
+            else:
+                loss_d, d_real, d_fake = self._d_step(real, y, fake.detach().float())
+        # G step: D's weights get no gradient (saves a third of D's backward), and under DDP
+        # D's gradients are not all-reduced.
+        self.d.requires_grad_(False)
+        sync = self.d_run.no_sync() if self.distributed else contextlib.nullcontext()
+        with sync, self._autocast():
+            loss_g = _g_loss(cfg.loss, self.d_run(self._aug(fake), self._y(y)).float())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.d.requires_grad_(True)
+        self.step_count += 1
+        self.update_ema()
+        prob = torch.sigmoid if cfg.loss == "bce" else (lambda t: t)
+        return torch.stack([loss_d, loss_g.detach(), prob(d_real).mean(), prob(d_fake).mean()])
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """EMA of G's weights, with a warm-up so short runs are not dominated by the init."""
+        decay = min(self.cfg.ema_decay, (1 + self.step_count) / (10 + self.step_count))
+        torch._foreach_lerp_(self._ema_pairs[0], self._ema_pairs[1], 1.0 - decay)
+        for ema_buf, buf in self._buf_pairs:
+            ema_buf.copy_(buf)
+
+    def sampling_generator(self, class_probs: Tensor | None = None) -> Generator:
+        """A copy of the EMA generator whose eval mode gives what training shows."""
+        g = plain_batchnorm(copy.deepcopy(self.g_ema))
+        g = g.to(memory_format=torch.contiguous_format)
+        recalibrate_batchnorm(g, BN_BATCHES, 64, seed=self.cfg.seed, class_probs=class_probs)
+        return g.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "G": self.g.state_dict(),
+            "D": self.d.state_dict(),
+            "G_ema": self.g_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "step": self.step_count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g.load_state_dict(state["G"])
+        self.d.load_state_dict(state["D"])
+        self.g_ema.load_state_dict(state["G_ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.step_count = int(state["step"])
