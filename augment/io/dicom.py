@@ -430,3 +430,18 @@ def _slice_step(proj: np.ndarray, name: str) -> float:
             f"{float(steps[off].max()):.2f} mm (missing slices?)"
         )
     return step
+
+
+def part10_dataset(sop_class: str, sop_uid: str) -> Dataset:
+    """An empty DICOM Part 10 data set: file meta (Explicit VR Little Endian) and SOP identity."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    return ds

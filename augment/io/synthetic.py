@@ -178,18 +178,12 @@ def write_dicom(
         number: InstanceNumber (1-based).
         comment: ImageComments (class, seed, noise index, model checksum).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    from augment.io.dicom import part10_dataset
 
     sop_uid = dicom_uid(series.key, series.series_number, case)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = sop_uid
+    ds = part10_dataset(SecondaryCaptureImageStorage, sop_uid)
     _synthetic_patient(ds, case)
     _synthetic_study(ds, series, number)
     _pixels(ds, pixels, series)

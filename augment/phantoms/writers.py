@@ -12,14 +12,15 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
 from rich.progress import Progress
 from rich.table import Table
 
 from augment.config import PhantomsConfig
 from augment.io.atomic import atomic_dir
+from augment.io.dicom import part10_dataset
 from augment.phantoms.generate import (
     Phantom,
     generate_phantom,
@@ -117,13 +118,7 @@ def _slice_dataset(ph: Phantom, ident: dict[str, Any], k: int, seed: int) -> Dat
     dz, dy, dx = ph.spacing
     x0, y0, z0 = ph.origin
     sop = generate_uid(entropy_srcs=[str(seed), ph.patient, "sop", str(k)])
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+    ds = part10_dataset(CTImageStorage, sop)
     for key, value in ident.items():
         setattr(ds, key, value)
     ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = ident["StudyDate"]
