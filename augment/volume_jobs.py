@@ -17,7 +17,7 @@ from functools import partial
 
 from augment.config import PreprocessConfig
 from augment.errors import InputError
-from augment.io.dicom import MapFn, Series, read_series
+from augment.io.dicom import MALFORMED, MapFn, Series, malformed, read_series
 from augment.io.nifti import NiftiCase, read_nifti
 from augment.io.volume import Volume
 from augment.privacy import file_token
@@ -53,6 +53,8 @@ def _run_job(index: int, job: Job, cfg: PreprocessConfig) -> Outcome:
         for prefix in (job.name, job.source):
             text = text.removeprefix(f"{prefix}: ")
         return Outcome(index, reason=text)
+    except MALFORMED as exc:
+        return Outcome(index, reason=malformed(exc))
 
 
 def _read(job: Job, cfg: PreprocessConfig) -> Volume:

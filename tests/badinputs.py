@@ -202,6 +202,21 @@ def make_dicom_corpus(root: Path) -> dict[str, str]:
                      "MIX-1", uid)  # fmt: skip
     ds.save_as(root / "mixed" / "small.dcm", enforce_file_format=True)
     expected["mixed"] = "one slice shape"
+
+    iop = write_dicom_series(root / "badiop", image[:3], SPACING, "IOP-1")
+    for path in iop:
+        ds = _read(path)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1]  # five numbers, not six
+        ds.save_as(path, enforce_file_format=True)
+    expected["badiop"] = "malformed or inconsistent DICOM header values"
+
+    ds = dicom_slice(image[0], (0, 0, 0), SPACING[1:], "SLOPE-1", generate_uid())
+    ds.RescaleSlope = "7.123456"
+    (root / "badslope").mkdir()
+    ds.save_as(root / "badslope" / "a.dcm", enforce_file_format=True)
+    raw = (root / "badslope" / "a.dcm").read_bytes()  # what a broken exporter writes:
+    (root / "badslope" / "a.dcm").write_bytes(raw.replace(b"7.123456", b"abc.defg"))
+    expected["badslope"] = "malformed or inconsistent DICOM header values"
     return expected
 
 

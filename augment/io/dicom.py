@@ -145,6 +145,18 @@ def scan_file(path: Path) -> tuple[tuple[str, ...], str, FileInfo] | str:
         return _classify(path)
     except InputError as exc:
         return str(exc).removeprefix(f"{path}: ")
+    except MALFORMED as exc:
+        return malformed(exc)
+
+
+# What pydicom and numpy raise on header values of the wrong count or type (an IOP of five
+# numbers, a non-numeric slope, ...): a reason to skip the file, never a crash of the run.
+MALFORMED = (ValueError, TypeError, IndexError, KeyError, AttributeError)
+
+
+def malformed(exc: BaseException) -> str:
+    """A skip reason for a malformed header; the value itself may identify, so it is not shown."""
+    return f"malformed or inconsistent DICOM header values ({type(exc).__name__})"
 
 
 def _classify(path: Path) -> tuple[tuple[str, ...], str, FileInfo]:
