@@ -82,3 +82,20 @@ def test_outputs_get_ordinary_permissions(tmp_path):
     os.umask(mask)
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda d: (d / "meta.json").write_text("{bad"), "meta.json: not valid JSON"),
+        (lambda d: (d / "images.npy").write_bytes(b"\x93NUMPY"), "images.npy: not a readable"),
+        (lambda d: (d / "slices.csv").write_text("patient,source,z,label,split\nP,s,x,0,train\n"),
+         "slices.csv: expected integer z and label"),
+    ],
+)  # fmt: skip
+def test_a_damaged_store_is_a_store_error_naming_the_file(tmp_path, damage, needle):
+    with SliceStoreWriter(tmp_path / "s", size=4, with_masks=False) as w:
+        w.add(np.zeros((1, 4, 4)), None, _rows(1))
+    damage(tmp_path / "s")
+    with pytest.raises(StoreError, match=needle):
+        SliceStore.open(tmp_path / "s")

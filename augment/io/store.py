@@ -25,6 +25,7 @@ import numpy as np
 
 from augment.errors import StoreError
 from augment.io.atomic import atomic_dir
+from augment.io.jsonfile import load_json
 
 SPLITS = ("train", "val", "test")
 REQUIRED_COLUMNS = ("patient", "source", "z", "label", "split")
@@ -60,12 +61,15 @@ class SliceStore:
         for name in ("images.npy", "slices.csv", "meta.json"):
             if not (root / name).is_file():
                 raise StoreError(f"{root}: not a slice store, {name} is missing")
-        images = np.load(root / "images.npy", mmap_mode="r")
-        has_masks = (root / "masks.npy").exists()
-        masks = np.load(root / "masks.npy", mmap_mode="r") if has_masks else None
-        with open(root / "slices.csv", newline="") as fh:
-            rows = [_typed(r) for r in csv.DictReader(fh)]
-        meta = json.loads((root / "meta.json").read_text())
+        images = _load_npy(root / "images.npy")
+        masks = _load_npy(root / "masks.npy") if (root / "masks.npy").exists() else None
+        try:
+            with open(root / "slices.csv", newline="") as fh:
+                rows = [_typed(r) for r in csv.DictReader(fh)]
+        except (ValueError, KeyError, TypeError) as exc:
+            where = root / "slices.csv"
+            raise StoreError(f"{where}: expected integer z and label columns") from exc
+        meta = load_json(root / "meta.json", StoreError)
         if images.ndim != 4 or images.shape[1] != 1 or len(rows) != images.shape[0]:
             raise StoreError(
                 f"{root}: expected images (N, 1, S, S) with N = {len(rows)} rows, "
@@ -103,6 +107,13 @@ class SliceStore:
     def patients(self, split: str) -> list[str]:
         """The sorted distinct patients of one split."""
         return sorted({r["patient"] for r in self.rows if r["split"] == split})
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as exc:  # truncated, not an .npy file, unreadable
+        raise StoreError(f"{path}: not a readable .npy array ({type(exc).__name__})") from exc
 
 
 def _typed(row: dict[str, str]) -> dict[str, Any]:
