@@ -39,6 +39,7 @@ from augment.gain import (
 )
 from augment.io.atomic import atomic_dir
 from augment.io.store import SliceStore
+from augment.modeldir import GENERATOR_FILE, sha256_file
 from augment.nets.classifier import RandomFeatures
 
 __all__ = [
@@ -139,6 +140,28 @@ def check_fairness(store: SliceStore, recorded: list[str] | None, expected: list
         )
 
 
+def check_provenance(
+    model: Path, config: dict[str, Any], rows: list[dict], synthetic: Path
+) -> None:
+    """The synthetic set must come from the model whose fairness was just checked.
+
+    Otherwise a set sampled from another model (trained on other patients, perhaps this
+    store's val/test patients) would enter the synthetic arms unchecked.
+
+    Raises:
+        StoreError: the manifest names another generator checksum than the model's.
+    """
+    weights = Path(model) / GENERATOR_FILE
+    actual = sha256_file(weights) if weights.is_file() else config.get("generator_sha256")
+    claimed = {str(r.get("model_sha256") or "") for r in rows} - {""}
+    if actual and claimed and claimed != {actual}:
+        other = sorted(claimed - {actual})[0]
+        raise StoreError(
+            f"{synthetic}: expected samples of the model in {model} (sha256 {actual[:12]}), "
+            f"got samples of another model ({other[:12]}); sample again from this model"
+        )
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -204,7 +227,9 @@ def evaluate(cfg: EvaluateConfig, data: Path, model: Path, synthetic: Path, out:
     fraction, seed = _train_settings(config)
     expected = train_patients(store, fraction, seed)
     check_fairness(store, _model_patients(config), expected)
-    exp = experiment_data(store, expected, load_synthetic(synthetic))
+    syn = load_synthetic(synthetic)
+    check_provenance(model, config, syn.rows, synthetic)
+    exp = experiment_data(store, expected, syn)
     device = resolve_device(cfg.device)
     result = run(exp, cfg, device, read_training_logs(model), model, out, fraction)
     result["seconds"] = round(time.perf_counter() - started, 1)

@@ -217,6 +217,7 @@ def test_check_fairness_rejects_leaks_and_other_subsets(tmp_path: Path) -> None:
 class _Syn:
     def __init__(self, images, classes, class_names):
         self.images, self.classes, self.class_names = images, classes, class_names
+        self.rows: list[dict] = []  # a hand-made set: no manifest, so no model checksum
 
 
 def test_experiment_data_takes_only_the_gan_patients_and_maps_class_names(tmp_path) -> None:
@@ -271,3 +272,15 @@ def test_cli_copying_generator_exits_1_with_the_report_written(tmp_path: Path, m
     assert "memorisation check failed" in result.output
     assert (out / "report.html").is_file()
     assert json.loads((out / "metrics.json").read_text())["fraction"] == 1.0
+
+
+def test_synthetic_set_of_another_model_is_refused(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path, ["train0"])
+    (model / "generator.safetensors").write_bytes(b"weights of this model")
+    from augment.modeldir import sha256_file
+
+    own = sha256_file(model / "generator.safetensors")
+    config = json.loads((model / "config.json").read_text())
+    ev.check_provenance(model, config, [{"model_sha256": own}] * 3, tmp_path / "syn")
+    with pytest.raises(StoreError, match="another model"):
+        ev.check_provenance(model, config, [{"model_sha256": "0" * 64}], tmp_path / "syn")
