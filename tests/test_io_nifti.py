@@ -91,3 +91,13 @@ def test_damaged_files_and_mismatched_masks_are_input_errors(tmp_path, case, mat
         )  # fmt: skip
     assert str(err.value).startswith("F123:")
     assert str(tmp_path) not in str(err.value) and f"{case}_0000" not in str(err.value)
+
+
+def test_same_file_name_in_patient_folders_stays_apart(tmp_path):
+    image, _ = phantom()
+    for subject in ("sub-01", "sub-02", "sub-03"):
+        (tmp_path / subject).mkdir()
+        write_ras_nifti(tmp_path / subject / "ct.nii.gz", image, SPACING)
+    write_ras_nifti(tmp_path / "unique.nii.gz", image, SPACING)
+    cases = sorted(c.case for c in find_cases(tmp_path))
+    assert cases == ["sub-01/ct", "sub-02/ct", "sub-03/ct", "unique"]

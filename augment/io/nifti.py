@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -94,7 +95,22 @@ def find_cases(
         if case is None:
             continue
         cases.append(NiftiCase(path, _mask_for(path, case, mask_pattern), case, root))
-    return cases
+    return _distinct(cases)
+
+
+def _distinct(cases: list[NiftiCase]) -> list[NiftiCase]:
+    """Cases whose names repeat (``sub-01/ct.nii.gz``, ``sub-02/ct.nii.gz``) get the folder.
+
+    The case name is the raw patient id: two patients sharing a file name must not become one.
+    """
+    names = Counter(c.case for c in cases)
+    out = []
+    for c in cases:
+        if names[c.case] > 1:
+            folder = c.image.parent.relative_to(c.root) if c.root.is_dir() else Path()
+            c = replace(c, case=(folder / c.case).as_posix())
+        out.append(c)
+    return out
 
 
 def _case_name(path: Path, channel: int | None) -> str | None:
