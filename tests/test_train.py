@@ -421,3 +421,17 @@ def test_balance_classes_draws_classes_equally(store: Path) -> None:
         cfg = tiny(batch_size=2000, balance_classes=balance)
         _, y = data_mod.batches(data, cfg, torch.device("cpu"), rng)()
         assert abs(y.float().mean().item() - share) < 0.05, (balance, y.float().mean())
+
+
+def test_batchnorm_recalibration_uses_the_class_mix_training_used():
+    from augment.config import TrainConfig
+    from augment.nets.dcgan import DCGANSpec
+    from augment.training.loop import _class_mix
+
+    spec = DCGANSpec(image_size=32, n_classes=2, nz=8, ngf=8, ndf=8)
+    labels = torch.tensor([0] * 9 + [1])
+    balanced = _class_mix(TrainConfig(balance_classes=True), spec, labels)
+    natural = _class_mix(TrainConfig(balance_classes=False), spec, labels)
+    assert balanced[0] == balanced[1]
+    assert natural.tolist() == [9.0, 1.0]
+    assert _class_mix(TrainConfig(), DCGANSpec(image_size=32), labels) is None

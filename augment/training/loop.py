@@ -40,8 +40,7 @@ class Run:
         self.store, self.out, self.dd, self.data_rng = store, out, dd, data_rng
         self.device = trainer.device
         self.fixed = fixed_inputs(spec, cfg.seed, self.device)
-        counts = torch.bincount(data.labels.cpu(), minlength=max(1, spec.n_classes)).float()
-        self.class_probs = counts if spec.n_classes else None
+        self.class_probs = _class_mix(cfg, spec, data.labels)
         self.last_good = -1  # step of the last checkpoint written
         self._sampler_cache: tuple[int, Generator] | None = None
         # Host syncs cost GPU throughput: check finiteness every few steps there, every step
@@ -207,6 +206,19 @@ class Run:
         )  # fmt: skip
         with progress:
             yield progress, progress.add_task("train", total=self.cfg.steps, losses="")
+
+
+def _class_mix(cfg: TrainConfig, spec: DCGANSpec, labels: torch.Tensor) -> torch.Tensor | None:
+    """Class frequencies of the batches G trained on, for its batch-norm recalibration.
+
+    Recalibrating with another mix than training saw gives eval-mode statistics that differ
+    from what training showed: balanced batches when ``balance_classes``, else the data's mix.
+    """
+    if not spec.n_classes:
+        return None
+    if cfg.balance_classes:
+        return torch.ones(spec.n_classes)
+    return torch.bincount(labels.cpu(), minlength=spec.n_classes).float()
 
 
 def _files_only_live(**kwargs: Any) -> Any:
