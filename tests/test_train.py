@@ -435,3 +435,22 @@ def test_batchnorm_recalibration_uses_the_class_mix_training_used():
     assert balanced[0] == balanced[1]
     assert natural.tolist() == [9.0, 1.0]
     assert _class_mix(TrainConfig(), DCGANSpec(image_size=32), labels) is None
+
+
+def test_model_spacing_is_the_median_when_inputs_had_different_spacings(tmp_path):
+    from augment.io.store import SliceStore, SliceStoreWriter
+    from augment.training.loop import slice_spacing
+
+    rows = [
+        {"patient": f"P{i}", "source": "s", "z": 0, "label": 0, "split": "train",
+         "spacing_y": sy, "spacing_x": sx}
+        for i, (sy, sx) in enumerate([(0.7, 0.7), (0.8, 0.9), (1.5, 1.5)])
+    ]  # fmt: skip
+    with SliceStoreWriter(tmp_path / "mixed", size=4, with_masks=False) as w:
+        w.add(np.zeros((3, 4, 4)), None, rows)
+        w.meta["spacing"] = None  # what preprocess records for differing inputs
+    assert slice_spacing(SliceStore.open(tmp_path / "mixed")) == [0.8, 0.9]
+    with SliceStoreWriter(tmp_path / "one", size=4, with_masks=False) as w:
+        w.add(np.zeros((3, 4, 4)), None, rows)
+        w.meta["spacing"] = [2.0, 3.0]
+    assert slice_spacing(SliceStore.open(tmp_path / "one")) == [2.0, 3.0]

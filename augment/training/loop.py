@@ -8,12 +8,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from augment.config import TrainConfig
-from augment.errors import AugmentError
+from augment.errors import AugmentError, StoreError
 from augment.io.store import SliceStore
 from augment.modeldir import CHECKPOINT_FILE, save_generator
 from augment.nets.dcgan import DCGANSpec, Generator
@@ -137,7 +138,7 @@ class Run:
             "class_names": self.info.class_names if self.spec.n_classes else [],
             "label_names": self.info.label_names,
             "mask_label_ids": self.info.mask_label_ids,
-            "spacing": self.store.meta.get("spacing", [1.0, 1.0]),
+            "spacing": slice_spacing(self.store),
             "window": self.store.meta.get("window"),
             "slice_store": {"fingerprint": self.info.fingerprint,
                             "n_slices": len(self.data), "size": self.spec.image_size},
@@ -206,6 +207,22 @@ class Run:
         )  # fmt: skip
         with progress:
             yield progress, progress.add_task("train", total=self.cfg.steps, losses="")
+
+
+def slice_spacing(store: SliceStore) -> list[float]:
+    """(y, x) mm of the store's slices: one spacing, or the median when inputs differed.
+
+    Preprocess records no single spacing when volumes came with different ones (and no
+    resampling was asked for); the synthetic files still need a spacing, and the median of
+    the real slices is the honest one, where a fixed 1 mm would be made up.
+    """
+    spacing = store.meta.get("spacing")
+    if spacing:
+        return [float(v) for v in spacing]
+    rows = [r for r in store.rows if r.get("spacing_y") and r.get("spacing_x")]
+    if not rows:
+        raise StoreError(f"{store.root}: expected a slice spacing in meta.json or slices.csv")
+    return [float(np.median([float(r[k]) for r in rows])) for k in ("spacing_y", "spacing_x")]
 
 
 def _class_mix(cfg: TrainConfig, spec: DCGANSpec, labels: torch.Tensor) -> torch.Tensor | None:
