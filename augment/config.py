@@ -73,6 +73,9 @@ class PreprocessConfig(_Section):
     min_body_fraction: float = Field(0.05, ge=0, le=1)
     labels_from: Literal["mask", "csv"] = "mask"
     min_lesion_pixels: int = Field(10, ge=1)
+    lesion_labels: list[int] | None = Field(
+        None, description="mask label ids that make a slice positive (None: any non-zero)"
+    )
     class_names: list[str] = Field(default_factory=lambda: ["normal", "lesion"], min_length=1)
     channel: int | None = Field(None, ge=0, description="channel of 4D/multichannel input")
     mask_pattern: str | None = Field(

@@ -121,6 +121,7 @@ def preprocess(
         run = _discover(inputs, cfg, key, pool_map(pool))
         if not run.jobs:
             raise InputError(_nothing_readable(inputs, run))
+        _check_lesion_labels(cfg, run.label_names)
         classes = _read_classes(labels_csv, cfg, key) if labels_csv is not None else None
         if classes is not None:
             run.jobs = _drop_unlabelled(run, classes)
@@ -150,6 +151,18 @@ def _check_labels_option(cfg: PreprocessConfig, labels_csv: Path | None) -> None
     if cfg.labels_from == "mask" and len(cfg.class_names) != 2:
         raise ConfigError(
             f"labels_from 'mask' makes 2 classes: expected 2 class_names, got {cfg.class_names}"
+        )
+
+
+def _check_lesion_labels(cfg: PreprocessConfig, label_names: dict[str, int] | None) -> None:
+    # With organ and tumour labels (Decathlon Liver, Pancreas...), "any non-zero pixel" would
+    # make every organ slice a lesion slice: ask rather than guess.
+    foreground = {n: i for n, i in (label_names or {}).items() if i != 0}
+    if cfg.labels_from == "mask" and cfg.lesion_labels is None and len(foreground) > 1:
+        raise ConfigError(
+            f"the masks declare {len(foreground)} foreground labels {foreground}: expected "
+            "preprocess.lesion_labels to say which make a slice positive, e.g. "
+            f"[{max(foreground.values())}]"
         )
 
 

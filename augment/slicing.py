@@ -224,5 +224,6 @@ def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
     if volume.mask is not None:
         mask_slices, _ = reslice(volume.mask, volume.spacing, cfg.axis)
         masks = fit_square(resize_slices(mask_slices[keep], shape, is_mask=True), cfg.size, 0)
-        lesion = np.count_nonzero(masks, axis=(1, 2))
+        positive = masks if cfg.lesion_labels is None else np.isin(masks, cfg.lesion_labels)
+        lesion = np.count_nonzero(positive, axis=(1, 2))
     return Slices(images, masks, keep, lesion, spacing, (low, high))

@@ -292,3 +292,26 @@ def test_cli_runs_the_stage(demo, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert SliceStore.open(tmp_path / "o").images.shape[1:] == (1, 32, 32)
+
+
+def test_organ_and_tumour_masks_need_lesion_labels(tmp_path):
+    # Decathlon-style organ (1) + tumour (2): "any non-zero pixel" would call every organ slice
+    # a lesion slice, so preprocess asks which labels are positive.
+    cases = {}
+    for i in range(3):
+        image, _ = phantom(seed=i, lesion=False)
+        mask = np.zeros(image.shape, np.uint8)
+        mask[:, 6:18, 4:16] = 1  # the organ, in every slice
+        mask[2:4, 8:14, 6:12] = 2  # the tumour, in slices 2 and 3
+        cases[f"case{i}"] = (image, mask)
+    root = write_decathlon(tmp_path / "in", cases)
+    (root / "dataset.json").write_text(
+        '{"labels": {"0": "background", "1": "organ", "2": "tumour"}}'
+    )
+    with pytest.raises(ConfigError, match="lesion_labels"):
+        preprocess(_cfg(), [root], tmp_path / "out")
+    preprocess(_cfg(lesion_labels=[2], min_lesion_pixels=1), [root], tmp_path / "out")
+    store = SliceStore.open(tmp_path / "out")
+    positive = sorted({r["z"] for r in store.rows if r["label"] == 1})
+    assert positive == [2, 3]
+    assert set(np.unique(store.masks)) == {0, 1, 2}  # the masks keep every label
