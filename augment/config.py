@@ -92,9 +92,9 @@ class TrainConfig(_Section):
 
     The defaults are the recipe measured to work on the demo phantoms (see params.yaml's
     comment and docs/benchmarks.md): hinge loss, spectral norm in D, Adam(0, 0.9) at 4e-4,
-    minibatch-std, class-conditional batch norm in G, soft masks at weight 0.25 and balanced
-    classes. The plain Radford DCGAN is loss="bce", spectral_norm=False, d_batchnorm=True,
-    beta1=0.5, lr 2e-4.
+    minibatch-std, class-conditional batch norm in G, soft masks at weight 0.25, balanced
+    classes and DiffAugment translation. The plain Radford DCGAN is loss="bce",
+    spectral_norm=False, d_batchnorm=True, beta1=0.5, lr 2e-4, diffaug=[].
     """
 
     nz: int = Field(100, ge=1, le=4096)
@@ -117,7 +117,10 @@ class TrainConfig(_Section):
         False, description="D sees G's masks as straight-through one-hot (else tanh scores)"
     )
     mask_weight: float = Field(0.25, gt=0, le=1, description="scale of mask channels D sees")
-    diffaug: list[Literal["translation", "cutout", "color"]] = Field(default_factory=list)
+    diffaug: list[Literal["translation", "cutout", "color"]] = Field(
+        default_factory=lambda: ["translation"],
+        description="DiffAugment policies; translation keeps a small-data GAN off its training set",
+    )
     ema_decay: float = Field(0.999, ge=0, lt=1)
     steps: int = Field(1200, ge=1)
     batch_size: int = Field(32, ge=2)

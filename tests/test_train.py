@@ -400,7 +400,7 @@ def test_samples_figure_layout(store: Path, tmp_path: Path) -> None:
 def test_mask_weight_and_hardening(store: Path, hard: bool) -> None:
     """D sees mask channels scaled by mask_weight; G's scores are hardened only if asked."""
     s = SliceStore.open(store)
-    cfg = tiny(mask_weight=0.25, hard_masks=hard)
+    cfg = tiny(mask_weight=0.25, hard_masks=hard, diffaug=[])  # weighting alone, no DiffAugment
     data, info = data_mod.load_train_data(s, cfg)
     trainer = Trainer(train_mod._spec(cfg, s, data, info), cfg, torch.device("cpu"))
     x = torch.rand(2, 4, 32, 32) * 2 - 1  # image + 3 mask channels
