@@ -27,41 +27,15 @@ from augment import metrics
 from augment.config import EvaluateConfig
 from augment.errors import AugmentError, StoreError
 from augment.gain import (
-    ARMS,
-    COMPARISONS,
     ExperimentData,
     GainResult,
     Split,
-    classic_augmentation,
-    compare_arms,
     gain_experiment,
-    train_classifier,
 )
 from augment.io.atomic import atomic_dir
 from augment.io.store import SliceStore
 from augment.modeldir import GENERATOR_FILE, sha256_file
 from augment.nets.classifier import RandomFeatures
-
-__all__ = [
-    "ARMS",
-    "COMPARISONS",
-    "ExperimentData",
-    "GainResult",
-    "Split",
-    "check_fairness",
-    "classic_augmentation",
-    "compare_arms",
-    "evaluate",
-    "experiment_data",
-    "gain_experiment",
-    "read_training_logs",
-    "run",
-    "summarise",
-    "train_classifier",
-    "verdict",
-    "write_json",
-]
-
 
 # --------------------------------------------------------------------------- data
 

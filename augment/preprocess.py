@@ -34,39 +34,8 @@ from augment.io.dicom import MapFn, Series, scan_dicom
 from augment.io.nifti import NiftiCase, find_cases, is_nifti, read_label_names
 from augment.io.store import SPLITS, SliceStoreWriter
 from augment.privacy import file_token, load_key, pseudonym
-from augment.slicing import (
-    WINDOWS,
-    Slices,
-    body_fraction,
-    fit_square,
-    output_geometry,
-    process_volume,
-    resize_slices,
-    reslice,
-    split_patients,
-    to_unit_range,
-    window_range,
-)
-from augment.volume_jobs import Job, Outcome, outcomes, pool_map, worker_pool
-
-__all__ = [
-    "WINDOWS",
-    "Job",
-    "Outcome",
-    "Slices",
-    "body_fraction",
-    "fit_square",
-    "output_geometry",
-    "preprocess",
-    "process_volume",
-    "resize_slices",
-    "reslice",
-    "split_patients",
-    "summary_table",
-    "to_unit_range",
-    "window_range",
-]
-
+from augment.slicing import Slices, split_patients
+from augment.volume_jobs import Job, outcomes, pool_map, worker_pool
 
 # ---------------------------------------------------------------- the stage
 

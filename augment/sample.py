@@ -40,24 +40,11 @@ from augment.config import SampleConfig
 from augment.errors import ConfigError, StoreError
 from augment.io import synthetic as io
 from augment.io.atomic import atomic_dir
-from augment.sample_writers import COLUMNS, PREFIX, Run, write_samples
-from augment.sampling import Units, class_counts, class_of, generate, noise
-from augment.synthetic_set import MANIFEST, META, NPZ, SyntheticSet, load_synthetic
+from augment.sample_writers import PREFIX, Run, write_samples
+from augment.sampling import Units, class_counts, class_of
+from augment.synthetic_set import META, SyntheticSet, load_synthetic
 
-__all__ = [
-    "COLUMNS",
-    "MANIFEST",
-    "META",
-    "NPZ",
-    "PREFIX",
-    "SyntheticSet",
-    "Units",
-    "class_counts",
-    "generate",
-    "load_synthetic",
-    "noise",
-    "sample",
-]
+__all__ = ["SyntheticSet", "load_synthetic", "sample"]  # the set reader is part of this API
 
 
 def sample(

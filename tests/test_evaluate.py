@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from augment import evaluate as ev
+from augment import gain as gx
 from augment.config import EvaluateConfig
 from augment.errors import AugmentError, StoreError
 from augment.io.store import SliceStore, SliceStoreWriter
@@ -28,15 +29,15 @@ def _slice(label: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img + rng.normal(0, 0.05, img.shape), -1, 1).astype(np.float32)
 
 
-def _split(n_patients: int, per: int, seed: int, tag: str) -> ev.Split:
+def _split(n_patients: int, per: int, seed: int, tag: str) -> gx.Split:
     rng = np.random.default_rng(seed)
     labels = np.tile(np.arange(per) % 2, n_patients)
     images = np.stack([_slice(int(c), rng) for c in labels])[:, None]  # (n, 1, S, S)
     patients = np.repeat([f"SECRET-{tag}-{i}" for i in range(n_patients)], per)
-    return ev.Split(images, labels.astype(np.int64), patients)
+    return gx.Split(images, labels.astype(np.int64), patients)
 
 
-def _data(synthetic: str = "good", seed: int = 0) -> ev.ExperimentData:
+def _data(synthetic: str = "good", seed: int = 0) -> gx.ExperimentData:
     train, val, test = (
         _split(4, 10, seed, "tr"),
         _split(2, 10, seed + 1, "va"),
@@ -51,7 +52,7 @@ def _data(synthetic: str = "good", seed: int = 0) -> ev.ExperimentData:
     else:
         syn_y = np.arange(60) % 2
         syn = np.stack([_slice(int(c), rng) for c in syn_y])[:, None]
-    return ev.ExperimentData(train, val, test, syn, syn_y.astype(np.int64), ["normal", "lesion"])
+    return gx.ExperimentData(train, val, test, syn, syn_y.astype(np.int64), ["normal", "lesion"])
 
 
 def _cfg(**kw) -> EvaluateConfig:
@@ -64,7 +65,7 @@ def test_every_arm_trains_on_exactly_the_gan_patients_and_never_on_val_or_test(
 ) -> None:
     data = _data()
     seen: list[tuple[np.ndarray, bool]] = []
-    real_train = ev.train_classifier
+    real_train = gx.train_classifier
 
     def spy(images, labels, val, *args, **kwargs):
         seen.append((images.copy(), args[3]))  # args: n_classes, cfg, seed, classic, device
@@ -72,7 +73,7 @@ def test_every_arm_trains_on_exactly_the_gan_patients_and_never_on_val_or_test(
         return real_train(images, labels, val, *args, **kwargs)
 
     monkeypatch.setattr("augment.gain.train_classifier", spy)
-    gain = ev.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
+    gain = gx.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
     n = len(data.train.labels)
     held = np.concatenate([data.val.images, data.test.images]).reshape(-1, S * S)
     for images, _ in seen:
@@ -89,15 +90,15 @@ def test_test_split_never_influences_training_or_model_selection() -> None:
     poisoned = _data()
     poisoned.test.images[:] = np.nan  # would break any training or selection that saw it
     cfg = _cfg(seeds=1, epochs=2)
-    a = ev.gain_experiment(clean, cfg, CPU)
-    b = ev.gain_experiment(poisoned, cfg, CPU)
+    a = gx.gain_experiment(clean, cfg, CPU)
+    b = gx.gain_experiment(poisoned, cfg, CPU)
     assert a.val_curves == b.val_curves and a.best_epoch == b.best_epoch
     assert np.isfinite(a.probs["real"]).all() and np.isnan(b.probs["real"]).all()
 
 
 def test_same_seed_same_results_and_seeds_are_paired_across_arms() -> None:
     data, cfg = _data(), _cfg(seeds=2, epochs=1)
-    a, b = ev.gain_experiment(data, cfg, CPU), ev.gain_experiment(data, cfg, CPU)
+    a, b = gx.gain_experiment(data, cfg, CPU), gx.gain_experiment(data, cfg, CPU)
     for arm in a.arms:
         assert np.array_equal(a.probs[arm], b.probs[arm])
     assert not np.array_equal(a.probs["real"][0], a.probs["real"][1])
@@ -106,12 +107,12 @@ def test_same_seed_same_results_and_seeds_are_paired_across_arms() -> None:
 
 def test_gains_are_paired_differences_of_arm_means() -> None:
     data = _data()
-    gain = ev.gain_experiment(data, _cfg(), CPU)
+    gain = gx.gain_experiment(data, _cfg(), CPU)
     g = gain.gains["real_synthetic_vs_real"]["auc"]
     means = {a: np.mean(gain.per_seed[a]["auc"]) for a in ("real_synthetic", "real")}
     assert g.value == pytest.approx(means["real_synthetic"] - means["real"])
     assert g.low <= g.value <= g.high
-    assert set(gain.gains) == {f"{a}_vs_{b}" for a, b in ev.COMPARISONS}
+    assert set(gain.gains) == {f"{a}_vs_{b}" for a, b in gx.COMPARISONS}
 
 
 def test_noise_generator_has_large_fid_and_no_gain(tmp_path: Path) -> None:
@@ -152,21 +153,21 @@ def test_outputs_are_complete_self_contained_and_free_of_patient_keys(tmp_path: 
         "plots/gain.csv",
         "plots/train/train/loss_g.tsv",
     } <= names
-    assert {f"plots/roc/{a}.csv" for a in ev.ARMS} <= names
+    assert {f"plots/roc/{a}.csv" for a in gx.ARMS} <= names
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and 'src="http' not in page
     for path in out.rglob("*"):
         if path.is_file():
             assert "SECRET" not in path.read_text(errors="ignore"), path
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["fraction"] == 0.5 and set(metrics["arms"]) == set(ev.ARMS)
+    assert metrics["fraction"] == 0.5 and set(metrics["arms"]) == set(gx.ARMS)
     assert not list(tmp_path.glob(".reports*"))  # the temporary directory is gone
 
 
 def test_unconditional_synthetic_set_skips_the_synthetic_arms() -> None:
     data = _data()
     data.synthetic_labels[:] = -1
-    gain = ev.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
+    gain = gx.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
     assert gain.arms == ["real", "real_classic"] and gain.notes
 
 

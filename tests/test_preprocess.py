@@ -22,10 +22,11 @@ from augment.config import PreprocessConfig, SplitConfig, WindowConfig
 from augment.errors import ConfigError, InputError
 from augment.io.store import SliceStore
 from augment.io.volume import Volume
-from augment.preprocess import (
+from augment.preprocess import preprocess
+from augment.privacy import ENV_VAR
+from augment.slicing import (
     fit_square,
     output_geometry,
-    preprocess,
     process_volume,
     resize_slices,
     reslice,
@@ -33,7 +34,6 @@ from augment.preprocess import (
     to_unit_range,
     window_range,
 )
-from augment.privacy import ENV_VAR
 
 N_PATIENTS = 6
 

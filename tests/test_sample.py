@@ -18,14 +18,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from augment import sample as sample_mod
+from augment import sampling
 from augment.cli import app
 from augment.config import SampleConfig
 from augment.errors import ConfigError, InputError, StoreError
 from augment.io import synthetic as io
 from augment.modeldir import load_generator, save_generator
 from augment.nets.dcgan import DCGANSpec, Generator
-from augment.sample import class_counts, generate, load_synthetic, noise, sample
+from augment.sample import load_synthetic, sample
+from augment.sampling import class_counts, generate, noise
 
 CLASSES = ["normal", "lesion"]
 LABELS = {"background": 0, "lesion": 1}
@@ -147,15 +148,15 @@ def test_unconditional_model_refuses_a_ratio():
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        ({"window": WINDOW}, sample_mod.Units(40.0, 400.0, "HU")),
-        ({"window": {"kind": "explicit", "center": 300, "width": 200}}, sample_mod.Units(300, 200)),
-        ({"window": [-1000, 400]}, sample_mod.Units(-300, 1400, "HU")),
-        ({"window": {"kind": "percentile", "percentiles": [0.5, 99.5]}}, sample_mod.Units()),
-        ({}, sample_mod.Units()),
+        ({"window": WINDOW}, sampling.Units(40.0, 400.0, "HU")),
+        ({"window": {"kind": "explicit", "center": 300, "width": 200}}, sampling.Units(300, 200)),
+        ({"window": [-1000, 400]}, sampling.Units(-300, 1400, "HU")),
+        ({"window": {"kind": "percentile", "percentiles": [0.5, 99.5]}}, sampling.Units()),
+        ({}, sampling.Units()),
     ],
 )
 def test_units_from_the_model_window(config, expected):
-    units = sample_mod.Units.from_config(config)
+    units = sampling.Units.from_config(config)
     assert units == expected
     x = np.linspace(-1, 1, 5, dtype=np.float32)
     assert np.allclose(units.to_unit_range(units.to_units(x)), x, atol=1e-6)
@@ -243,7 +244,7 @@ def test_manifest_row_regenerates_its_sample(tmp_path, model_dir):
             np.array([int(row["class"])]),
         )  # fmt: skip
         stored = io.read_nifti_slice(out / row["file"])
-        assert np.allclose(sample_mod.Units(40, 400).to_units(image[0]), stored, atol=1e-3)
+        assert np.allclose(sampling.Units(40, 400).to_units(image[0]), stored, atol=1e-3)
         assert np.array_equal(mask[0], io.read_nifti_slice(out / row["label_file"]))
 
 
@@ -354,7 +355,7 @@ def test_dicom_is_a_valid_unmistakable_secondary_capture(every_format):
     assert len(uids) == 2 * len(files) == 24
     ds = pydicom.dcmread(files[0])
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    expected = sample_mod.Units(40, 400).to_units(load_synthetic(every_format["npz"]).images[0, 0])
+    expected = sampling.Units(40, 400).to_units(load_synthetic(every_format["npz"]).images[0, 0])
     assert np.abs(hu - expected).max() <= 0.11 and ds.RescaleType == "HU"
 
 
