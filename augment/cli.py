@@ -143,7 +143,7 @@ def preprocess(
         size=size, workers=workers, strict=strict, seed=seed, labels_from=labels_from,
         format=fmt,
     )  # fmt: skip
-    from augment.preprocess import preprocess as run_preprocess
+    from augment.preprocessing.stage import preprocess as run_preprocess
 
     _run(run_preprocess, cfg, inputs, out, labels_csv=labels, key_file=key_file)
 
@@ -174,8 +174,8 @@ def train(
         TrainConfig, "train", params,
         steps=steps, batch_size=batch_size, loss=loss, fraction=fraction, device=device, seed=seed,
     )  # fmt: skip
-    from augment.train import print_summary
-    from augment.train import train as run_train
+    from augment.training.stage import print_summary
+    from augment.training.stage import train as run_train
 
     print_summary(_run(run_train, cfg, data, out, resume=resume, dry_run=dry_run))
 
@@ -225,7 +225,7 @@ def sample(
         n=n, format=fmt, class_ratio=ratio, seed=seed, batch_size=batch_size, device=device,
         truncation=truncation, png_bits=png_bits, overwrite=overwrite,
     )  # fmt: skip
-    from augment.sample import sample as run_sample
+    from augment.sampling.stage import sample as run_sample
 
     summary = _run(run_sample, cfg, model, out, merge_with_real=merge_with_real)
     _print_sample_summary(summary)
@@ -295,7 +295,7 @@ def evaluate(
         seeds=seeds, classifier=classifier, epochs=epochs, synthetic_ratio=synthetic_ratio,
         inception_weights=str(inception_weights) if inception_weights else None, device=device,
     )  # fmt: skip
-    from augment.evaluate import evaluate as run_evaluate
+    from augment.evaluation.stage import evaluate as run_evaluate
 
     _run(run_evaluate, cfg, data, model, synthetic, out)
 

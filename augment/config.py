@@ -159,7 +159,7 @@ class SampleConfig(_Section):
 
     @model_validator(mode="after")
     def _ratio_shares(self) -> SampleConfig:
-        # Class names are checked against the model in augment.sample (only it knows them).
+        # Class names are checked against the model in augment.sampling.stage (only it knows them).
         shares = list((self.class_ratio or {}).values())
         if any(v < 0 for v in shares) or (shares and sum(shares) <= 0):
             raise ValueError(

@@ -8,7 +8,7 @@ times, each in a fresh child process (so peak memory is that run's alone):
 - ``reference-dicom``: per-file ``pydicom.dcmread`` + rescale, slices sorted by position, then a
   Python loop windowing and resizing each slice with ``skimage.transform.resize``;
 - ``reference-nifti``: MONAI ``LoadImage`` per volume, then the same per-slice loop;
-- ``augment-dicom`` / ``augment-nifti``: :func:`augment.preprocess.preprocess` with 1 and
+- ``augment-dicom`` / ``augment-nifti``: :func:`augment.preprocessing.stage.preprocess` with 1 and
   ``--workers`` workers, writing a real SliceStore.
 
 It prints input slices per second, the ratio to the reference of the same format, and the peak
@@ -81,7 +81,7 @@ def reference_nifti(data: Path) -> int:
 
 def run_augment(data: Path, fmt: str, workers: int) -> int:
     from augment.config import PreprocessConfig
-    from augment.preprocess import preprocess
+    from augment.preprocessing.stage import preprocess
 
     cfg = PreprocessConfig(size=SIZE, workers=workers, labels_from="csv", min_body_fraction=0.0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +101,7 @@ def _key(tmp: Path) -> Path:
 _IMPORTS = {
     "reference_dicom": ("pydicom", "skimage.transform"),
     "reference_nifti": ("monai.transforms", "skimage.transform"),
-    "run_augment": ("augment.preprocess",),
+    "run_augment": ("augment.preprocessing.stage",),
 }
 
 

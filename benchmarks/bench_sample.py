@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from augment.config import PreprocessConfig, TrainConfig, load
-from augment.modeldir import save_generator
+from augment.contracts.model_dir import save_generator
 from augment.nets.dcgan import DCGANSpec, Generator
 
 # The reference: what a user would write by hand; the same generator, batch by batch, one
@@ -36,7 +36,7 @@ REFERENCE = textwrap.dedent(
     import sys
     from pathlib import Path
     import nibabel as nib, numpy as np, torch
-    from augment.modeldir import load_generator
+    from augment.contracts.model_dir import load_generator
     model, out, n, bs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     g, info = load_generator(model, "cpu")
     (out / "imagesTr").mkdir(parents=True); (out / "labelsTr").mkdir()

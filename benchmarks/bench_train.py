@@ -2,7 +2,7 @@
 
 (a) a reference eager loop in the style of the canonical PyTorch DCGAN example (BN in D,
     BCE on probabilities, separate real and fake D passes, Adam 2e-4 / 0.5), written here;
-(b) augment's own step (:class:`augment.train.Trainer`: spectral-norm D on one concatenated
+(b) augment's own step (:class:`augment.training.stage.Trainer`: spectral-norm D on one concatenated
     batch, BCE on logits, EMA update; bf16 autocast, channels_last and fused Adam on CUDA).
 
 Both run on the same device in the same process; the ratio reference / augment is reported
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from augment.config import TrainConfig
 from augment.nets.dcgan import DCGANSpec
-from augment.train import Trainer
+from augment.training.stage import Trainer
 
 NZ, SIZE = 100, 64
 

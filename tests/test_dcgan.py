@@ -1,4 +1,4 @@
-"""The DCGAN networks and the model directory (augment.nets.dcgan, augment.modeldir)."""
+"""The DCGAN networks and the model directory (augment.nets.dcgan, augment.contracts.model_dir)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from augment.errors import StoreError
-from augment.modeldir import (
+from augment.contracts.model_dir import (
     CONFIG_FILE,
     GENERATOR_FILE,
     load_generator,

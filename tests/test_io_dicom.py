@@ -16,7 +16,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import JPEGLSLossless, generate_uid
 
 from augment.errors import InputError
-from augment.io.dicom import read_series, scan_dicom
+from augment.preprocessing.readers.dicom import read_series, scan_dicom
 
 
 def _read_one(root):

@@ -7,7 +7,7 @@ import pytest
 
 from augment.errors import StoreError
 from augment.io.atomic import atomic_dir, atomic_file
-from augment.io.store import SliceStore, SliceStoreWriter
+from augment.contracts.slice_store import SliceStore, SliceStoreWriter
 
 
 def _rows(n, split="train", patient="P1"):

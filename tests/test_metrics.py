@@ -1,4 +1,4 @@
-"""Measures of augment.metrics on known cases."""
+"""Measures of augment.evaluation.stats on known cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
-from augment import metrics
+from augment.evaluation import stats as metrics
 from augment.errors import ConfigError
 from augment.nets.classifier import RandomFeatures, SmallCNN, build_classifier
 

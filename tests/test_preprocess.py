@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 
 from augment.config import PreprocessConfig, SplitConfig, WindowConfig
 from augment.errors import ConfigError, InputError
-from augment.io.store import SliceStore
-from augment.io.volume import Volume
-from augment.preprocess import preprocess
-from augment.privacy import ENV_VAR
-from augment.slicing import (
+from augment.contracts.slice_store import SliceStore
+from augment.contracts.volume import Volume
+from augment.preprocessing.stage import preprocess
+from augment.preprocessing.privacy import ENV_VAR
+from augment.preprocessing.arrays import (
     fit_square,
     output_geometry,
     process_volume,

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from augment.errors import InputError
-from augment.privacy import ENV_VAR, file_token, load_key, locate, pseudonym
+from augment.preprocessing.privacy import ENV_VAR, file_token, load_key, locate, pseudonym
 
 
 def test_pseudonym_is_keyed_stable_and_shaped():

@@ -18,15 +18,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from augment import sampling
+from augment.sampling import draw as sampling
 from augment.cli import app
 from augment.config import SampleConfig
 from augment.errors import ConfigError, InputError, StoreError
-from augment.io import synthetic as io
-from augment.modeldir import load_generator, save_generator
+from augment.sampling.formats import files as io
+from augment.contracts.model_dir import load_generator, save_generator
 from augment.nets.dcgan import DCGANSpec, Generator
-from augment.sample import load_synthetic, sample
-from augment.sampling import class_counts, generate, noise
+from augment.sampling.stage import load_synthetic, sample
+from augment.sampling.draw import class_counts, generate, noise
 
 CLASSES = ["normal", "lesion"]
 LABELS = {"background": 0, "lesion": 1}

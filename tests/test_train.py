@@ -1,4 +1,4 @@
-"""``augment train`` (augment.train): dry run, resume, guards, splits, options, EMA, DDP."""
+"""``augment train`` (augment.training.stage): dry run, resume, guards, splits, options, EMA, DDP."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from augment import train as train_mod
+from augment.training import stage as train_mod
 from augment.config import TrainConfig
-from augment.diffaug import diff_augment
+from augment.training.diffaug import diff_augment
 from augment.errors import ConfigError, StoreError
-from augment.io.store import SliceStore, SliceStoreWriter
-from augment.modeldir import CHECKPOINT_FILE, CONFIG_FILE, GENERATOR_FILE, load_generator
-from augment.train import (
+from augment.contracts.slice_store import SliceStore, SliceStoreWriter
+from augment.contracts.model_dir import CHECKPOINT_FILE, CONFIG_FILE, GENERATOR_FILE, load_generator
+from augment.training.stage import (
     DivergenceError,
     Trainer,
     load_checkpoint,
@@ -320,7 +320,7 @@ def test_gloo_sync_batchnorm_matches_batchnorm() -> None:
     """The CPU cross-process batch norm computes what BatchNorm2d computes (one process)."""
     import torch.distributed as dist
 
-    from augment.train import GlooSyncBatchNorm
+    from augment.training.stage import GlooSyncBatchNorm
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
@@ -438,7 +438,7 @@ def test_batchnorm_recalibration_uses_the_class_mix_training_used():
 
 
 def test_model_spacing_is_the_median_when_inputs_had_different_spacings(tmp_path):
-    from augment.io.store import SliceStore, SliceStoreWriter
+    from augment.contracts.slice_store import SliceStore, SliceStoreWriter
     from augment.training.loop import slice_spacing
 
     rows = [

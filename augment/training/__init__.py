@@ -1,1 +1,1 @@
-"""The pieces of ``augment train`` (see :mod:`augment.train` for the entry points)."""
+"""The pieces of ``augment train`` (see :mod:`augment.training.stage` for the entry points)."""

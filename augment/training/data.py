@@ -18,7 +18,7 @@ from torch import Tensor
 
 from augment.config import TrainConfig
 from augment.errors import StoreError
-from augment.io.store import SliceStore
+from augment.contracts.slice_store import SliceStore
 
 
 def train_patients(store: SliceStore, fraction: float, seed: int) -> list[str]:

@@ -15,8 +15,8 @@ from torch import Tensor
 
 from augment.config import TrainConfig
 from augment.errors import AugmentError, StoreError
-from augment.io.store import SliceStore
-from augment.modeldir import CHECKPOINT_FILE, save_generator
+from augment.contracts.slice_store import SliceStore
+from augment.contracts.model_dir import CHECKPOINT_FILE, save_generator
 from augment.nets.dcgan import DCGANSpec, Generator
 from augment.training.checkpoint import rng_state, save_checkpoint
 from augment.training.data import DataInfo, TrainData

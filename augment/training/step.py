@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from augment.config import TrainConfig
-from augment.diffaug import diff_augment
+from augment.training.diffaug import diff_augment
 from augment.nets.dcgan import DCGANSpec, Discriminator, Generator, recalibrate_batchnorm
 from augment.training.ddp import plain_batchnorm, sync_batchnorm
 

@@ -2,7 +2,7 @@
 
 Batches are generated in the main thread and written by a thread pool while the next batch is
 generated; at most a few batches are in flight, so memory does not grow with ``n``
-(:func:`write_samples`). The per-slice file formats are in :mod:`augment.io.synthetic`.
+(:func:`write_samples`). The per-slice file formats are in :mod:`augment.sampling.formats.files`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from augment.config import SampleConfig
-from augment.io import synthetic as io
-from augment.sampling import Units, class_of, generate
-from augment.synthetic_set import MANIFEST, NPZ
+from augment.sampling.formats import files as io
+from augment.sampling.draw import Units, class_of, generate
+from augment.contracts.synthetic_set import MANIFEST, NPZ
 
 PREFIX = "syn_"
 COLUMNS = (

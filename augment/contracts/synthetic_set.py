@@ -1,6 +1,6 @@
 """A synthetic set on disk: its file names, and reading it back in any format.
 
-``augment sample`` (:mod:`augment.sample`) writes the set; :func:`load_synthetic` reads it
+``augment sample`` (:mod:`augment.sampling.stage`) writes the set; :func:`load_synthetic` reads it
 through ``manifest.csv`` and ``synthetic.json``, whatever the format (nnunet, png, npz, dicom).
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from augment.errors import StoreError
-from augment.io import synthetic as io
-from augment.sampling import Units
+from augment.sampling.formats import files as io
+from augment.sampling.draw import Units
 
 MANIFEST = "manifest.csv"
 META = "synthetic.json"

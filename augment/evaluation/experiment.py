@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
-from augment import metrics
+from augment.evaluation import stats as metrics
 from augment.config import EvaluateConfig
 from augment.nets.classifier import build_classifier
 

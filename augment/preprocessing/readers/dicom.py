@@ -5,7 +5,7 @@ reason) and groups the rest into series by SeriesInstanceUID and orientation; an
 multi-frame file is a series of its own. :func:`read_series` reads one series: slices are
 ordered by ImagePositionPatient projected on the slice normal (never by InstanceNumber or file
 name), the modality LUT / rescale is applied, MONOCHROME1 is inverted, and the volume is laid out
-in the package's canonical (Z, Y, X) orientation (see :mod:`augment.io.nifti`).
+in the package's canonical (Z, Y, X) orientation (see :mod:`augment.preprocessing.readers.nifti`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
 
 from augment.errors import InputError
-from augment.io.nifti import canonical_zyx
-from augment.io.volume import Volume
+from augment.preprocessing.readers.nifti import canonical_zyx
+from augment.contracts.volume import Volume
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 NON_IMAGE = {

@@ -1,6 +1,6 @@
 """``augment train``: a resumable DCGAN run on the train split of a SliceStore.
 
-The run writes the model directory (see :mod:`augment.modeldir`): the EMA generator with
+The run writes the model directory (see :mod:`augment.contracts.model_dir`): the EMA generator with
 recalibrated batch-norm statistics, ``config.json``, a resumable ``checkpoint.pt``, dvclive logs
 under ``live/`` and sample grids. Several processes (``torchrun --nproc_per_node N -m augment
 train``) train with DistributedDataParallel; ``--batch-size`` is then per process.
@@ -23,8 +23,8 @@ import torch.distributed as dist
 
 from augment.config import TrainConfig
 from augment.errors import ConfigError, StoreError
-from augment.io.store import SliceStore
-from augment.modeldir import CHECKPOINT_FILE, resolve_device
+from augment.contracts.slice_store import SliceStore
+from augment.contracts.model_dir import CHECKPOINT_FILE, resolve_device
 from augment.nets.dcgan import DCGANSpec
 from augment.training.checkpoint import (
     check_resumable,

@@ -4,8 +4,8 @@ Sample ``i`` of a run is G(z_i | y_i) with ``z_i`` drawn from ``np.random.defaul
 (see :func:`noise`), so it does not depend on the batch size or the number of writer threads:
 the manifest row (seed, noise_index, class) regenerates exactly that sample
 (:func:`generate`). Classes get exact counts (largest remainder of the requested shares) in
-contiguous blocks of indices. What to draw is in :mod:`augment.sampling`, the writers in
-:mod:`augment.sample_writers`, reading a set back in :mod:`augment.synthetic_set`.
+contiguous blocks of indices. What to draw is in :mod:`augment.sampling.draw`, the writers in
+:mod:`augment.sampling.writer`, reading a set back in :mod:`augment.contracts.synthetic_set`.
 
 Batches are generated in the main thread and written by a thread pool while the next batch is
 generated; at most a few batches are in flight, so memory does not grow with ``n``. Everything is
@@ -38,11 +38,11 @@ import numpy as np
 
 from augment.config import SampleConfig
 from augment.errors import ConfigError, StoreError
-from augment.io import synthetic as io
+from augment.sampling.formats import files as io
 from augment.io.atomic import atomic_dir
-from augment.sample_writers import PREFIX, Run, write_samples
-from augment.sampling import Units, class_counts, class_of
-from augment.synthetic_set import META, SyntheticSet, load_synthetic
+from augment.sampling.writer import PREFIX, Run, write_samples
+from augment.sampling.draw import Units, class_counts, class_of
+from augment.contracts.synthetic_set import META, SyntheticSet, load_synthetic
 
 __all__ = ["SyntheticSet", "load_synthetic", "sample"]  # the set reader is part of this API
 
@@ -70,7 +70,7 @@ def sample(
         FileExistsError: ``out`` exists and ``cfg.overwrite`` is off.
         OSError: writing failed (a full disk: ENOSPC); nothing partial is left.
     """
-    from augment.modeldir import load_generator, resolve_device
+    from augment.contracts.model_dir import load_generator, resolve_device
 
     out = Path(out)
     if out.exists() and not cfg.overwrite:

@@ -1,6 +1,6 @@
 """``augment evaluate``: does the synthetic data help? Gain experiment, fidelity, memorisation.
 
-The gain experiment (:mod:`augment.gain`) trains a classifier in four arms (real, real with
+The gain experiment (:mod:`augment.evaluation.experiment`) trains a classifier in four arms (real, real with
 classic augmentation, real with synthetic slices, both), with seeds paired across arms; this
 module gathers its data from the slice store and the synthetic set, checks fairness, measures
 fidelity and memorisation, and writes the reports.
@@ -23,18 +23,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from augment import metrics
+from augment.evaluation import stats as metrics
 from augment.config import EvaluateConfig
 from augment.errors import AugmentError, StoreError
-from augment.gain import (
+from augment.evaluation.experiment import (
     ExperimentData,
     GainResult,
     Split,
     gain_experiment,
 )
 from augment.io.atomic import atomic_dir
-from augment.io.store import SliceStore
-from augment.modeldir import GENERATOR_FILE, sha256_file
+from augment.contracts.slice_store import SliceStore
+from augment.contracts.model_dir import GENERATOR_FILE, sha256_file
 from augment.nets.classifier import RandomFeatures
 
 # --------------------------------------------------------------------------- data
@@ -48,7 +48,7 @@ def experiment_data(
     Args:
         store: the slice store the GAN was trained on.
         train_patients: the GAN's training patients (all in the store's train split).
-        synthetic: a :class:`augment.synthetic_set.SyntheticSet` (images, classes, class_names).
+        synthetic: a :class:`augment.contracts.synthetic_set.SyntheticSet` (images, classes, class_names).
         max_synthetic: unused cap hook; None keeps every synthetic slice.
 
     Raises:
@@ -189,9 +189,9 @@ def evaluate(cfg: EvaluateConfig, data: Path, model: Path, synthetic: Path, out:
         StoreError: an input breaks its contract or the fairness rules.
         AugmentError: the copy rate exceeds ``memorisation_threshold`` (raised after writing).
     """
-    from augment.modeldir import read_config, resolve_device
-    from augment.synthetic_set import load_synthetic
-    from augment.train import train_patients
+    from augment.contracts.model_dir import read_config, resolve_device
+    from augment.contracts.synthetic_set import load_synthetic
+    from augment.training.stage import train_patients
 
     if cfg.inception_weights:
         metrics.check_inception_weights(Path(cfg.inception_weights))
@@ -220,7 +220,7 @@ def run(
     fraction: float | None = None,
 ) -> dict:
     """The stage on arrays: experiment, measures, outputs and the memorisation gate."""
-    from augment.report import write_outputs
+    from augment.evaluation.report import write_outputs
 
     console = Console(stderr=True)
     gain = gain_experiment(exp, cfg, device, console)

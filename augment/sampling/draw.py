@@ -141,8 +141,8 @@ def generate(
     """Generate samples ``indices`` of a run (also used to regenerate one manifest row).
 
     Args:
-        generator: from :func:`augment.modeldir.load_generator` (eval mode).
-        info: its :class:`augment.modeldir.ModelInfo`.
+        generator: from :func:`augment.contracts.model_dir.load_generator` (eval mode).
+        info: its :class:`augment.contracts.model_dir.ModelInfo`.
         seed: the run's seed.
         indices: (B,) noise indices.
         classes: (B,) class ids (ignored by unconditional models).

@@ -1,6 +1,6 @@
 """Array functions of preprocessing, free of I/O: window, reslice, resize, split, one volume.
 
-The first layer of :mod:`augment.preprocess` (nnU-Net's layering): :func:`window_range`,
+The first layer of :mod:`augment.preprocessing.stage` (nnU-Net's layering): :func:`window_range`,
 :func:`reslice`, :func:`body_fraction`, :func:`resize_slices`, :func:`split_patients`, then
 one volume's processing (:func:`process_volume`), which the stage runs in worker processes.
 """
@@ -14,8 +14,8 @@ from skimage.transform import resize
 
 from augment.config import PreprocessConfig, SplitConfig, WindowConfig
 from augment.errors import InputError
-from augment.io.store import SPLITS
-from augment.io.volume import Volume
+from augment.contracts.slice_store import SPLITS
+from augment.contracts.volume import Volume
 
 # CT windows (centre, width) in HU, as radiology viewers preset them.
 WINDOWS: dict[str, tuple[float, float]] = {

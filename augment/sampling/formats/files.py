@@ -1,7 +1,7 @@
 """Writers and readers of synthetic slices: NIfTI (nnU-Net), PNG, DICOM and the npz stream.
 
 Every function here works on one 2D slice (or one stream of them) and knows nothing about
-models; :mod:`augment.sample` decides what goes where. All writers are deterministic: the same
+models; :mod:`augment.sampling.stage` decides what goes where. All writers are deterministic: the same
 array gives the same bytes (gzip without a timestamp, PNG without metadata, DICOM UIDs derived
 from a key), so the same seed gives byte-identical files.
 
@@ -180,7 +180,7 @@ def write_dicom(
     """
     from pydicom.uid import SecondaryCaptureImageStorage
 
-    from augment.io.dicom import part10_dataset
+    from augment.preprocessing.readers.dicom import part10_dataset
 
     sop_uid = dicom_uid(series.key, series.series_number, case)
     ds = part10_dataset(SecondaryCaptureImageStorage, sop_uid)

@@ -26,7 +26,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
 from augment.errors import InputError
-from augment.io.volume import Volume
+from augment.contracts.volume import Volume
 
 SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from augment import metrics
+from augment.evaluation import stats as metrics
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from augment.gain import ExperimentData, GainResult
+    from augment.evaluation.experiment import ExperimentData, GainResult
 
 _NOT_CURVES = ("lr_", "images_per_s")
 _FIDELITY_ROWS = (
@@ -56,7 +56,7 @@ def write_outputs(
         training_logs: the GAN's dvclive scalars, name -> [(step, value)].
         model: the model directory, whose dvclive TSV files are copied to plots/train/.
     """
-    from augment.evaluate import write_json
+    from augment.evaluation.stage import write_json
 
     write_json(out / "metrics.json", summary)
     plots = out / "plots"

@@ -1,12 +1,12 @@
 """Preprocess: DICOM series and NIfTI volumes into a patient-split SliceStore.
 
 Layered as nnU-Net's preprocessing is: array functions free of I/O and one volume's processing
-(:mod:`augment.slicing`), jobs that read and process one volume in a worker
-(:mod:`augment.volume_jobs`), then the loop over the data set (:func:`preprocess`), which streams
-the volumes through a spool on disk into the :class:`~augment.io.store.SliceStoreWriter`, so
+(:mod:`augment.preprocessing.arrays`), jobs that read and process one volume in a worker
+(:mod:`augment.preprocessing.workers`), then the loop over the data set (:func:`preprocess`), which streams
+the volumes through a spool on disk into the :class:`~augment.contracts.slice_store.SliceStoreWriter`, so
 memory stays bounded by a few volumes.
 
-Privacy: patients are named by keyed pseudonyms (:mod:`augment.privacy`); the ``source`` column
+Privacy: patients are named by keyed pseudonyms (:mod:`augment.preprocessing.privacy`); the ``source`` column
 is ``"<pseudonym>/series-<n>"`` (n counts the patient's volumes in input order), and skipped files
 are named by a keyed token of their path, never by the path, so no folder or file name (which
 often carries a name or an id) reaches an output or a log line.
@@ -30,12 +30,12 @@ from rich.table import Table
 
 from augment.config import PreprocessConfig, WindowConfig
 from augment.errors import ConfigError, InputError
-from augment.io.dicom import MapFn, Series, scan_dicom
-from augment.io.nifti import NiftiCase, find_cases, is_nifti, read_label_names
-from augment.io.store import SPLITS, SliceStoreWriter
-from augment.privacy import file_token, load_key, pseudonym
-from augment.slicing import Slices, split_patients
-from augment.volume_jobs import Job, outcomes, pool_map, worker_pool
+from augment.preprocessing.readers.dicom import MapFn, Series, scan_dicom
+from augment.preprocessing.readers.nifti import NiftiCase, find_cases, is_nifti, read_label_names
+from augment.contracts.slice_store import SPLITS, SliceStoreWriter
+from augment.preprocessing.privacy import file_token, load_key, pseudonym
+from augment.preprocessing.arrays import Slices, split_patients
+from augment.preprocessing.workers import Job, outcomes, pool_map, worker_pool
 
 # ---------------------------------------------------------------- the stage
 
@@ -74,7 +74,7 @@ def preprocess(
         out: the SliceStore directory; it appears whole or not at all, replacing an old one.
         labels_csv: ``patient,class`` rows; required when ``cfg.labels_from`` is ``"csv"``.
         key_file: the pseudonym key (default: ``AUGMENT_PSEUDONYM_KEY`` or
-            ``.augment/pseudonym.key``, see :mod:`augment.privacy`).
+            ``.augment/pseudonym.key``, see :mod:`augment.preprocessing.privacy`).
 
     Returns:
         The store's ``meta.json`` content.

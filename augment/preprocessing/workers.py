@@ -1,8 +1,8 @@
 """Preprocessing jobs: read one volume and process it, in worker processes.
 
 One :class:`Job` per DICOM series or NIfTI case, with its pseudonymised names; a worker reads
-the volume (:mod:`augment.io.dicom`, :mod:`augment.io.nifti`) and runs
-:func:`augment.slicing.process_volume` on it, returning an :class:`Outcome`.
+the volume (:mod:`augment.preprocessing.readers.dicom`, :mod:`augment.preprocessing.readers.nifti`) and runs
+:func:`augment.preprocessing.arrays.process_volume` on it, returning an :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from functools import partial
 
 from augment.config import PreprocessConfig
 from augment.errors import InputError
-from augment.io.dicom import MALFORMED, MapFn, Series, malformed, read_series
-from augment.io.nifti import NiftiCase, read_nifti
-from augment.io.volume import Volume
-from augment.privacy import file_token
-from augment.slicing import Slices, process_volume
+from augment.preprocessing.readers.dicom import MALFORMED, MapFn, Series, malformed, read_series
+from augment.preprocessing.readers.nifti import NiftiCase, read_nifti
+from augment.contracts.volume import Volume
+from augment.preprocessing.privacy import file_token
+from augment.preprocessing.arrays import Slices, process_volume
 
 
 @dataclass(frozen=True)

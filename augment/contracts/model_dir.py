@@ -6,7 +6,7 @@ Layout:
 - ``config.json``: ``spec`` (the :class:`DCGANSpec`) plus what sampling and evaluation need:
   ``class_names``, ``label_names``, ``mask_label_ids``, ``spacing``, ``window``, the slice store
   fingerprint, the steps trained, the training patients' pseudonyms;
-- ``checkpoint.pt``: the resumable training state (see :mod:`augment.train`).
+- ``checkpoint.pt``: the resumable training state (see :mod:`augment.training.stage`).
 """
 
 from __future__ import annotations
