@@ -8,12 +8,32 @@ out-of-range value becomes a :class:`ConfigError` whose message names the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from augment.errors import ConfigError
+from augment.preprocessing.readers import READERS
+from augment.registry import Registry
+from augment.sampling.formats import FORMATS
+from augment.training.losses import LOSSES
+
+
+def registered(registry: Registry[Any]) -> AfterValidator:
+    """A pydantic validator admitting exactly the names of ``registry``."""
+    return AfterValidator(registry.check)
+
+
+def _reader_or_auto(name: str) -> str:
+    return name if name == "auto" else READERS.check(name)
 
 
 class _Section(BaseModel):
@@ -63,7 +83,9 @@ class SplitConfig(_Section):
 class PreprocessConfig(_Section):
     """Volumes to patient-split 2D slices (the SliceStore)."""
 
-    format: Literal["auto", "dicom", "nifti"] = "auto"
+    format: Annotated[str, AfterValidator(_reader_or_auto)] = Field(
+        "auto", description="input reader, or auto: " + READERS.help()
+    )
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
     size: Literal[32, 64, 128, 256] = 64
     window: Literal["abdomen", "lung", "brain", "bone", "percentile"] | WindowConfig = "abdomen"
@@ -101,7 +123,7 @@ class TrainConfig(_Section):
     ngf: int = Field(32, ge=4, le=1024)
     ndf: int = Field(32, ge=4, le=1024)
     projection: Literal["dense", "conv"] = "conv"
-    loss: Literal["bce", "hinge", "wgan-gp"] = "hinge"
+    loss: Annotated[str, registered(LOSSES)] = Field("hinge", description=LOSSES.help())
     spectral_norm: bool = True
     d_batchnorm: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -146,7 +168,7 @@ class SampleConfig(_Section):
     """Synthetic data sets from a trained model directory."""
 
     n: int = Field(1000, ge=1, le=10_000_000)
-    format: Literal["nnunet", "png", "npz", "dicom"] = "nnunet"
+    format: Annotated[str, registered(FORMATS)] = Field("nnunet", description=FORMATS.help())
     class_ratio: dict[str, float] | None = None
     seed: int = Field(0, ge=0)
     batch_size: int = Field(256, ge=1)
@@ -248,5 +270,8 @@ def _describe(exc: ValidationError, params: Path, section: str) -> str:
     if err["type"] == "extra_forbidden":
         return f"{params}: unknown key {key}"
     got = err.get("input")
+    if err["type"] == "value_error":  # a registry's message already names the allowed values
+        msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        return f"{params}: {key}: {msg}"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{params}: {key}: {err['msg'].lower()}, got {got!r}{more}"

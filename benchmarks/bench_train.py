@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from augment.config import TrainConfig
 from augment.nets.dcgan import DCGANSpec
-from augment.training.stage import Trainer
+from augment.training.step import Trainer
 
 NZ, SIZE = 100, 64
 

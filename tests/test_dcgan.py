@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from augment.errors import StoreError
 from augment.contracts.model_dir import (
     CONFIG_FILE,
     GENERATOR_FILE,
     load_generator,
-    resolve_device,
     save_generator,
     sha256_file,
 )
+from augment.errors import StoreError
 from augment.nets.dcgan import DCGANSpec, Discriminator, Generator, recalibrate_batchnorm
+from augment.nets.device import resolve_device
 
 
 def _tiny(**kw) -> DCGANSpec:

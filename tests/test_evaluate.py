@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from augment.evaluation import stage as ev
-from augment.evaluation import experiment as gx
 from augment.config import EvaluateConfig
-from augment.errors import AugmentError, StoreError
 from augment.contracts.slice_store import SliceStore, SliceStoreWriter
+from augment.errors import AugmentError, StoreError
+from augment.evaluation import experiment as gx
+from augment.evaluation import stage as ev
 
 S = 16
 CPU = torch.device("cpu")
@@ -247,7 +247,7 @@ def _model_dir(tmp_path: Path, patients: list[str], fraction: float = 1.0) -> Pa
 def test_stage_fails_on_a_model_trained_on_test_patients(tmp_path: Path, monkeypatch) -> None:
     store = _store(tmp_path)
     model = _model_dir(tmp_path, ["train0", "train1", "train2", "test0"])
-    monkeypatch.setattr("augment.contracts.synthetic_set.load_synthetic", lambda p: pytest.fail("read"))
+    monkeypatch.setattr("augment.sampling.read.load_synthetic", lambda p: pytest.fail("read"))
     with pytest.raises(StoreError, match="val/test"):
         ev.evaluate(_cfg(), store.root, model, tmp_path / "syn", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -261,7 +261,7 @@ def test_cli_copying_generator_exits_1_with_the_report_written(tmp_path: Path, m
     store = _store(tmp_path)
     train_idx = store.indices("train")
     copies = _Syn(np.asarray(store.images[train_idx], np.float32), store.labels(train_idx), [])
-    monkeypatch.setattr("augment.contracts.synthetic_set.load_synthetic", lambda p: copies)
+    monkeypatch.setattr("augment.sampling.read.load_synthetic", lambda p: copies)
     model = _model_dir(tmp_path, store.patients("train"))
     params = tmp_path / "params.yaml"
     params.write_text("evaluate: {seeds: 1, epochs: 1, bootstrap: 100, batch_size: 8}\n")

@@ -8,7 +8,12 @@ import pytest
 from badinputs import SPACING, phantom, write_decathlon, write_nifti, write_ras_nifti
 
 from augment.errors import InputError
-from augment.preprocessing.readers.nifti import canonical_zyx, find_cases, read_label_names, read_nifti
+from augment.preprocessing.readers.nifti import (
+    canonical_zyx,
+    find_cases,
+    read_label_names,
+    read_nifti,
+)
 
 
 def test_lps_and_ras_files_read_to_the_same_canonical_volume(tmp_path):

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
+from augment.contracts.slice_store import SliceStore, SliceStoreWriter
 from augment.errors import StoreError
 from augment.io.atomic import atomic_dir, atomic_file
-from augment.contracts.slice_store import SliceStore, SliceStoreWriter
 
 
 def _rows(n, split="train", patient="P1"):

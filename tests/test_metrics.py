@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
-from augment.evaluation import stats as metrics
 from augment.errors import ConfigError
+from augment.evaluation import stats as metrics
 from augment.nets.classifier import RandomFeatures, SmallCNN, build_classifier
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from augment.contracts.slice_store import SliceStore
 from augment.contracts.model_dir import load_generator
-from augment.sampling.stage import load_synthetic
+from augment.contracts.slice_store import SliceStore
+from augment.sampling.read import load_synthetic
 
 pytestmark = pytest.mark.slow
 

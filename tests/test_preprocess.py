@@ -19,11 +19,9 @@ from badinputs import (
 from typer.testing import CliRunner
 
 from augment.config import PreprocessConfig, SplitConfig, WindowConfig
-from augment.errors import ConfigError, InputError
 from augment.contracts.slice_store import SliceStore
 from augment.contracts.volume import Volume
-from augment.preprocessing.stage import preprocess
-from augment.preprocessing.privacy import ENV_VAR
+from augment.errors import ConfigError, InputError
 from augment.preprocessing.arrays import (
     fit_square,
     output_geometry,
@@ -31,9 +29,10 @@ from augment.preprocessing.arrays import (
     resize_slices,
     reslice,
     split_patients,
-    to_unit_range,
     window_range,
 )
+from augment.preprocessing.privacy import ENV_VAR
+from augment.preprocessing.stage import preprocess
 
 N_PATIENTS = 6
 
@@ -68,15 +67,18 @@ def demo(tmp_path_factory) -> Path:
 
 def test_window_maps_its_ends_to_minus_one_and_one():
     cfg = _cfg(window=WindowConfig(center=40, width=400))
-    low, high = window_range(np.zeros(1), cfg)
-    out = to_unit_range(np.array([-1000.0, low, 40.0, high, 3000.0]), low, high)
+    window = window_range(np.zeros(1), cfg)
+    low, high = window.low, window.high
+    out = window.to_unit_range(np.array([-1000.0, low, 40.0, high, 3000.0]))
     np.testing.assert_allclose(out, [-1, -1, 0, 1, 1], atol=1e-6)
-    assert window_range(np.zeros(1), _cfg(window="abdomen")) == (low, high)
+    preset = window_range(np.zeros(1), _cfg(window="abdomen"))
+    assert (preset.low, preset.high, preset.units) == (low, high, "HU")
 
 
 def test_percentile_window_follows_the_data():
     data = np.random.default_rng(0).normal(500, 100, 10_000)
-    low, high = window_range(data, _cfg(window="percentile", percentiles=(1.0, 99.0)))
+    window = window_range(data, _cfg(window="percentile", percentiles=(1.0, 99.0)))
+    low, high = window.low, window.high
     assert low == pytest.approx(np.percentile(data, 1)) and high == pytest.approx(
         np.percentile(data, 99)
     )

@@ -18,15 +18,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from augment.sampling import draw as sampling
 from augment.cli import app
 from augment.config import SampleConfig
-from augment.errors import ConfigError, InputError, StoreError
-from augment.sampling.formats import files as io
 from augment.contracts.model_dir import load_generator, save_generator
+from augment.contracts.window import Window
+from augment.errors import ConfigError, InputError, StoreError
 from augment.nets.dcgan import DCGANSpec, Generator
-from augment.sampling.stage import load_synthetic, sample
 from augment.sampling.draw import class_counts, generate, noise
+from augment.sampling.formats import nnunet, npz, png
+from augment.sampling.read import load_synthetic
+from augment.sampling.stage import sample
 
 CLASSES = ["normal", "lesion"]
 LABELS = {"background": 0, "lesion": 1}
@@ -145,23 +146,6 @@ def test_unconditional_model_refuses_a_ratio():
         class_counts(9, [], {"normal": 1})
 
 
-@pytest.mark.parametrize(
-    ("config", "expected"),
-    [
-        ({"window": WINDOW}, sampling.Units(40.0, 400.0, "HU")),
-        ({"window": {"kind": "explicit", "center": 300, "width": 200}}, sampling.Units(300, 200)),
-        ({"window": [-1000, 400]}, sampling.Units(-300, 1400, "HU")),
-        ({"window": {"kind": "percentile", "percentiles": [0.5, 99.5]}}, sampling.Units()),
-        ({}, sampling.Units()),
-    ],
-)
-def test_units_from_the_model_window(config, expected):
-    units = sampling.Units.from_config(config)
-    assert units == expected
-    x = np.linspace(-1, 1, 5, dtype=np.float32)
-    assert np.allclose(units.to_unit_range(units.to_units(x)), x, atol=1e-6)
-
-
 def test_noise_row_depends_only_on_seed_and_index():
     batch = noise(3, np.arange(10), 16)
     alone = np.stack([noise(3, np.array([i]), 16)[0] for i in range(10)])
@@ -243,9 +227,11 @@ def test_manifest_row_regenerates_its_sample(tmp_path, model_dir):
             generator, info, int(row["seed"]), np.array([int(row["noise_index"])]),
             np.array([int(row["class"])]),
         )  # fmt: skip
-        stored = io.read_nifti_slice(out / row["file"])
-        assert np.allclose(sampling.Units(40, 400).to_units(image[0]), stored, atol=1e-3)
-        assert np.array_equal(mask[0], io.read_nifti_slice(out / row["label_file"]))
+        stored = nnunet.read_nifti_slice(out / row["file"])
+        assert np.allclose(
+            Window.preset("abdomen", 40, 400, "HU").to_units(image[0]), stored, atol=1e-3
+        )
+        assert np.array_equal(mask[0], nnunet.read_nifti_slice(out / row["label_file"]))
 
 
 def test_classes_come_in_exact_blocks(tmp_path, model_dir):
@@ -312,13 +298,15 @@ def test_nifti_geometry_and_units(every_format):
 def test_nifti_writer_matches_nibabel_byte_for_byte(tmp_path, dtype):
     # The writer reuses one nibabel header per run; the result must be what nibabel writes.
     arr = (np.random.default_rng(0).random((5, 7)) * 50).astype(dtype)  # (y, x), not square
-    ref = nib.Nifti1Image(np.ascontiguousarray(arr.T[:, :, None]), io.slice_affine(SPACING, 3.0))
+    ref = nib.Nifti1Image(
+        np.ascontiguousarray(arr.T[:, :, None]), nnunet.slice_affine(SPACING, 3.0)
+    )
     ref.header.set_xyzt_units("mm")
     ref.header.set_qform(ref.affine, code=1)
     ref.header.set_sform(ref.affine, code=1)
-    assert gzip.decompress(io.nifti_bytes(arr, SPACING, 3.0, dtype)) == ref.to_bytes()
-    io.write_nifti(tmp_path / "a.nii.gz", arr, SPACING, 3.0, dtype)
-    assert np.array_equal(io.read_nifti_slice(tmp_path / "a.nii.gz"), arr)
+    assert gzip.decompress(nnunet.nifti_bytes(arr, SPACING, 3.0, dtype)) == ref.to_bytes()
+    nnunet.write_nifti_slice(tmp_path / "a.nii.gz", arr, SPACING, 3.0, dtype)
+    assert np.array_equal(nnunet.read_nifti_slice(tmp_path / "a.nii.gz"), arr)
 
 
 def test_monai_reads_the_dataset_json(every_format):
@@ -355,14 +343,16 @@ def test_dicom_is_a_valid_unmistakable_secondary_capture(every_format):
     assert len(uids) == 2 * len(files) == 24
     ds = pydicom.dcmread(files[0])
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    expected = sampling.Units(40, 400).to_units(load_synthetic(every_format["npz"]).images[0, 0])
+    expected = Window.preset("abdomen", 40, 400, "HU").to_units(
+        load_synthetic(every_format["npz"]).images[0, 0]
+    )
     assert np.abs(hu - expected).max() <= 0.11 and ds.RescaleType == "HU"
 
 
 def test_png_bit_depths(every_format, tmp_path, model_dir):
-    assert io.read_png(every_format["png"] / "images" / "syn_000000.png").dtype == np.uint16
+    assert png.read_png(every_format["png"] / "images" / "syn_000000.png").dtype == np.uint16
     sample(_cfg(format="png"), model_dir, tmp_path / "p8")
-    assert io.read_png(tmp_path / "p8" / "images" / "syn_000000.png").dtype == np.uint8
+    assert png.read_png(tmp_path / "p8" / "images" / "syn_000000.png").dtype == np.uint8
 
 
 def test_unconditional_maskless_model(tmp_path, plain_model_dir):
@@ -426,11 +416,11 @@ def test_full_disk_midway_leaves_nothing_partial(tmp_path, model_dir, monkeypatc
         return real(*args, **kwargs)
 
     if fmt == "nnunet":
-        real = io.write_nifti
-        monkeypatch.setattr(io, "write_nifti", full_disk)
+        real = nnunet.write_nifti_slice
+        monkeypatch.setattr(nnunet, "write_nifti_slice", full_disk)
     else:
-        real = io.NpyStream.append
-        monkeypatch.setattr(io.NpyStream, "append", full_disk)
+        real = npz.NpyStream.append
+        monkeypatch.setattr(npz.NpyStream, "append", full_disk)
     with pytest.raises(OSError) as info:
         sample(_cfg(n=40, batch_size=4, format=fmt, overwrite=True), model_dir, out)
     assert info.value.errno == errno.ENOSPC
@@ -442,7 +432,7 @@ def test_cli_full_disk_is_one_clear_line(tmp_path, model_dir, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(io, "write_nifti", full_disk)
+    monkeypatch.setattr(nnunet, "write_nifti_slice", full_disk)
     result = CliRunner().invoke(app, _cli_args(tmp_path, model_dir))
     assert result.exit_code == 1 and "no space left" in result.output
     assert not (tmp_path / "syn").exists()

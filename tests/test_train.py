@@ -12,21 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from augment.training import stage as train_mod
 from augment.config import TrainConfig
-from augment.training.diffaug import diff_augment
-from augment.errors import ConfigError, StoreError
-from augment.contracts.slice_store import SliceStore, SliceStoreWriter
 from augment.contracts.model_dir import CHECKPOINT_FILE, CONFIG_FILE, GENERATOR_FILE, load_generator
-from augment.training.stage import (
-    DivergenceError,
-    Trainer,
-    load_checkpoint,
-    train,
-    train_patients,
-)
+from augment.contracts.slice_store import SliceStore, SliceStoreWriter, train_patients
+from augment.errors import ConfigError, StoreError
 from augment.training import data as data_mod
+from augment.training import stage as train_mod
 from augment.training import step as step_mod
+from augment.training.checkpoint import load_checkpoint
+from augment.training.diffaug import diff_augment
+from augment.training.loop import DivergenceError
+from augment.training.losses.hinge import HingeLoss
+from augment.training.stage import train
+from augment.training.step import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,15 +191,15 @@ def test_resume_refuses_other_config_or_data(store: Path, tmp_path: Path) -> Non
 def test_divergence_guard_keeps_last_good_checkpoint(store: Path, tmp_path: Path,
                                                      monkeypatch) -> None:  # fmt: skip
     out = tmp_path / "m"
-    real_loss = step_mod._g_loss
+    real_loss = HingeLoss.generator
     calls = {"n": 0}
 
-    def poisoned(kind, fake):
+    def poisoned(self, fake):
         calls["n"] += 1
-        loss = real_loss(kind, fake)
+        loss = real_loss(self, fake)
         return loss * float("nan") if calls["n"] > 2 else loss
 
-    monkeypatch.setattr(step_mod, "_g_loss", poisoned)
+    monkeypatch.setattr(HingeLoss, "generator", poisoned)
     cfg = tiny(steps=20, checkpoint_every=2, divergence_patience=3)
     with pytest.raises(DivergenceError, match=r"not finite for 3 steps.*step 2\)"):
         train(cfg, store, out)
@@ -320,7 +318,7 @@ def test_gloo_sync_batchnorm_matches_batchnorm() -> None:
     """The CPU cross-process batch norm computes what BatchNorm2d computes (one process)."""
     import torch.distributed as dist
 
-    from augment.training.stage import GlooSyncBatchNorm
+    from augment.training.ddp import GlooSyncBatchNorm
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:

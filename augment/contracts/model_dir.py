@@ -26,6 +26,7 @@ from augment.errors import StoreError
 from augment.io.atomic import atomic_file
 from augment.io.jsonfile import load_json
 from augment.nets.dcgan import DCGANSpec, Generator
+from augment.nets.device import resolve_device
 
 GENERATOR_FILE = "generator.safetensors"
 CONFIG_FILE = "config.json"
@@ -185,22 +186,3 @@ def _spacing(value: Any) -> tuple[float, float]:
     if isinstance(value, (list, tuple)) and len(value) >= 2:
         return float(value[-2]), float(value[-1])
     return 1.0, 1.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it.
-
-    Raises:
-        ConfigError: an unknown device name, or CUDA asked for where there is none.
-    """
-    from augment.errors import ConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} asked for, but no CUDA device is available")
-    return device

@@ -220,3 +220,30 @@ def _counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "slices": per_split,
         "patients": patients,
     }
+
+
+def train_patients(store: SliceStore, fraction: float, seed: int) -> list[str]:
+    """The train patients a run uses: all of them, or a seeded subset of ``fraction``.
+
+    Training and evaluation both call it, so the real-only baseline gets exactly the GAN's
+    patients.
+
+    Args:
+        store: the opened SliceStore.
+        fraction: share of the train patients, in (0, 1].
+        seed: seed of the subset.
+
+    Returns:
+        Sorted patient pseudonyms (at least one).
+
+    Raises:
+        StoreError: the store has no train patients.
+    """
+    patients = store.patients("train")
+    if not patients:
+        raise StoreError(f"{store.root}: expected train slices, got none in slices.csv")
+    if fraction >= 1.0:
+        return patients
+    k = max(1, round(fraction * len(patients)))
+    chosen = np.random.default_rng(seed).choice(len(patients), size=k, replace=False)
+    return sorted(patients[i] for i in chosen)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
-from augment.evaluation import stats as metrics
 from augment.config import EvaluateConfig
+from augment.evaluation import stats as metrics
 from augment.nets.classifier import build_classifier
 
 ARMS = ("real", "real_classic", "real_synthetic", "real_classic_synthetic")

@@ -23,9 +23,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from augment.evaluation import stats as metrics
 from augment.config import EvaluateConfig
+from augment.contracts.model_dir import GENERATOR_FILE, sha256_file
+from augment.contracts.slice_store import SliceStore
 from augment.errors import AugmentError, StoreError
+from augment.evaluation import stats as metrics
 from augment.evaluation.experiment import (
     ExperimentData,
     GainResult,
@@ -33,8 +35,6 @@ from augment.evaluation.experiment import (
     gain_experiment,
 )
 from augment.io.atomic import atomic_dir
-from augment.contracts.slice_store import SliceStore
-from augment.contracts.model_dir import GENERATOR_FILE, sha256_file
 from augment.nets.classifier import RandomFeatures
 
 # --------------------------------------------------------------------------- data
@@ -189,9 +189,10 @@ def evaluate(cfg: EvaluateConfig, data: Path, model: Path, synthetic: Path, out:
         StoreError: an input breaks its contract or the fairness rules.
         AugmentError: the copy rate exceeds ``memorisation_threshold`` (raised after writing).
     """
-    from augment.contracts.model_dir import read_config, resolve_device
-    from augment.contracts.synthetic_set import load_synthetic
-    from augment.training.stage import train_patients
+    from augment.contracts.model_dir import read_config
+    from augment.contracts.slice_store import train_patients
+    from augment.nets.device import resolve_device
+    from augment.sampling.read import load_synthetic
 
     if cfg.inception_weights:
         metrics.check_inception_weights(Path(cfg.inception_weights))

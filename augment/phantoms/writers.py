@@ -20,7 +20,7 @@ from rich.table import Table
 
 from augment.config import PhantomsConfig
 from augment.io.atomic import atomic_dir
-from augment.preprocessing.readers.dicom import part10_dataset
+from augment.io.dicom import part10_dataset
 from augment.phantoms.generate import (
     Phantom,
     generate_phantom,

@@ -13,49 +13,34 @@ import numpy as np
 from skimage.transform import resize
 
 from augment.config import PreprocessConfig, SplitConfig, WindowConfig
-from augment.errors import InputError
 from augment.contracts.slice_store import SPLITS
 from augment.contracts.volume import Volume
-
-# CT windows (centre, width) in HU, as radiology viewers preset them.
-WINDOWS: dict[str, tuple[float, float]] = {
-    "abdomen": (40.0, 400.0),
-    "lung": (-600.0, 1500.0),
-    "brain": (40.0, 80.0),
-    "bone": (400.0, 1800.0),
-}
-
+from augment.contracts.window import CT_PRESETS, EXPLICIT, PERCENTILE, Window
+from augment.errors import InputError
 
 # ---------------------------------------------------------------- array functions (no I/O)
 
 
-def window_range(image: np.ndarray, cfg: PreprocessConfig) -> tuple[float, float]:
-    """The intensity range mapped to [-1, 1]: a CT preset, an explicit window or percentiles.
+def window_range(image: np.ndarray, cfg: PreprocessConfig) -> Window:
+    """The intensity window mapped to [-1, 1]: a CT preset, an explicit window or percentiles.
 
     Args:
         image: the volume in physical units (percentiles are taken over all of it).
         cfg: ``cfg.window`` and ``cfg.percentiles``.
 
     Returns:
-        (low, high), with high > low.
+        The window (``high > low``). A CT preset is in HU, as is an explicit window that
+        reaches below -100 HU (no other modality has such values); a percentile window is
+        this volume's own range.
     """
     if isinstance(cfg.window, WindowConfig):
-        center, width = cfg.window.center, cfg.window.width
-    elif cfg.window in WINDOWS:
-        center, width = WINDOWS[cfg.window]
-    else:
-        lo, hi = np.percentile(image, cfg.percentiles)
-        return float(lo), float(max(hi, lo + 1e-6))
-    return center - width / 2, center + width / 2
-
-
-def to_unit_range(image: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Clip to [low, high] and map linearly to [-1, 1] (float32)."""
-    out = np.clip(image, low, high).astype(np.float32)
-    out -= low
-    out *= 2.0 / (high - low)
-    out -= 1.0
-    return np.clip(out, -1.0, 1.0, out=out)
+        low = cfg.window.center - cfg.window.width / 2
+        units = "HU" if low < -100 else ""
+        return Window.preset(EXPLICIT, cfg.window.center, cfg.window.width, units)
+    if cfg.window in CT_PRESETS:
+        return Window.preset(cfg.window, *CT_PRESETS[cfg.window], units="HU")
+    lo, hi = np.percentile(image, cfg.percentiles)
+    return Window(PERCENTILE, float(lo), float(max(hi, lo + 1e-6)), percentiles=cfg.percentiles)
 
 
 def reslice(
@@ -189,7 +174,7 @@ class Slices:
         z: (n,) index of each slice along the slicing axis of the canonical volume.
         lesion_pixels: (n,) foreground mask pixels at the output size (0 without a mask).
         spacing: output pixel size (y, x) in mm.
-        window: the (low, high) intensity range that was mapped to [-1, 1].
+        window: the intensity window that was mapped to [-1, 1].
     """
 
     images: np.ndarray
@@ -197,7 +182,7 @@ class Slices:
     z: np.ndarray
     lesion_pixels: np.ndarray
     spacing: tuple[float, float]
-    window: tuple[float, float]
+    window: Window
 
 
 def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
@@ -216,9 +201,9 @@ def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
             f"{volume.source}: expected slices with at least {cfg.min_body_fraction:.0%} body "
             f"(voxels above {cfg.body_threshold:g}), got none"
         )
-    low, high = window_range(volume.image, cfg)
+    window = window_range(volume.image, cfg)
     shape, spacing = output_geometry(slices.shape[1:], spacing_hw, cfg.size, cfg.spacing)
-    images = resize_slices(to_unit_range(slices[keep], low, high), shape, is_mask=False)
+    images = resize_slices(window.to_unit_range(slices[keep]), shape, is_mask=False)
     images = np.clip(fit_square(images, cfg.size, -1.0), -1.0, 1.0)  # (n, S, S)
     masks, lesion = None, np.zeros(keep.size, dtype=np.int64)
     if volume.mask is not None:
@@ -226,4 +211,4 @@ def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
         masks = fit_square(resize_slices(mask_slices[keep], shape, is_mask=True), cfg.size, 0)
         positive = masks if cfg.lesion_labels is None else np.isin(masks, cfg.lesion_labels)
         lesion = np.count_nonzero(positive, axis=(1, 2))
-    return Slices(images, masks, keep, lesion, spacing, (low, high))
+    return Slices(images, masks, keep, lesion, spacing, window)

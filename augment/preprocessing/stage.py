@@ -28,13 +28,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from augment.config import PreprocessConfig, WindowConfig
-from augment.errors import ConfigError, InputError
-from augment.preprocessing.readers.dicom import MapFn, Series, scan_dicom
-from augment.preprocessing.readers.nifti import NiftiCase, find_cases, is_nifti, read_label_names
+from augment.config import PreprocessConfig
 from augment.contracts.slice_store import SPLITS, SliceStoreWriter
-from augment.preprocessing.privacy import file_token, load_key, pseudonym
+from augment.contracts.window import PERCENTILE, Window
+from augment.errors import ConfigError, InputError
 from augment.preprocessing.arrays import Slices, split_patients
+from augment.preprocessing.privacy import file_token, load_key, pseudonym
+from augment.preprocessing.readers import READERS
+from augment.preprocessing.readers.base import Found, MapFn
 from augment.preprocessing.workers import Job, outcomes, pool_map, worker_pool
 
 # ---------------------------------------------------------------- the stage
@@ -145,40 +146,42 @@ def _discover(inputs: list[Path], cfg: PreprocessConfig, key: bytes, map_fn: Map
     """Find the volumes under every input root, in a fixed order, with pseudonymised names."""
     run = _Run()
     counts: Counter[str] = Counter()
-    found: list[tuple[str, Series | NiftiCase, str]] = []
+    found: list[tuple[str, str, Found, Path]] = []
     for root in map(Path, inputs):
         if not root.exists():
             raise InputError(f"{root}: expected an input folder or file, got no such path")
-        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
-        fmt = cfg.format
-        if fmt == "auto":
-            fmt = "nifti" if any(is_nifti(p) for p in files) else "dicom"
-        items: list[tuple[Series | NiftiCase, str]] = []
-        if fmt == "nifti":
-            cases = find_cases(root, cfg.channel, cfg.mask_pattern)
-            items = [(c, c.case) for c in cases]
-            run.label_names = run.label_names or read_label_names(root)
-        else:
-            series, bad = scan_dicom(root, lambda p, r=root: file_token(p, r, key), map_fn)
-            for name, reason in bad:
-                _skip(run, cfg, name, reason)
-            items = [(s, s.raw_patient) for s in series]
-        if items:
+        fmt = cfg.format if cfg.format != "auto" else _claimant(root)
+        found_here = READERS.get(fmt)().discover(
+            root, cfg, lambda p, r=root: file_token(p, r, key), map_fn
+        )
+        for name, reason in found_here.skipped:
+            _skip(run, cfg, name, reason)
+        run.label_names = run.label_names or found_here.label_names
+        if found_here.found:
             run.formats.add(fmt)
-        for item, raw in items:
-            first = item.files[0] if isinstance(item, Series) else item.image
-            name = file_token(first, root, key)
-            if cfg.labels_from == "mask" and (isinstance(item, Series) or item.mask is None):
+        for item in found_here.found:
+            name = file_token(item.first_file, root, key)
+            if cfg.labels_from == "mask" and not item.has_mask:
                 _skip(run, cfg, name, "no mask, but labels_from is 'mask' (use a labels CSV)")
                 continue
-            found.append((pseudonym(raw, key), item, name))
+            found.append((pseudonym(item.raw_patient, key), fmt, item, root))
     # Order by pseudonym, not by path: folder names differ between layouts (and may carry
     # identifiers), and the same patients must give the same store whatever the layout.
-    for patient, item, name in sorted(found, key=lambda f: f[0]):
+    for patient, fmt, item, root in sorted(found, key=lambda f: f[0]):
         source = f"{patient}/series-{counts[patient]}"
         counts[patient] += 1
-        run.jobs.append(Job(item, patient, source, name, key))
+        name = file_token(item.first_file, root, key)
+        run.jobs.append(Job(fmt, item.item, root, patient, source, name, key))
     return run
+
+
+def _claimant(root: Path) -> str:
+    """The first registered reader that claims the files under ``root`` (``format: auto``)."""
+    files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+    for name in READERS.names():
+        if READERS.get(name)().claims(files):
+            return name
+    return READERS.names()[-1]
 
 
 def _nothing_readable(inputs: list[Path], run: _Run) -> str:
@@ -254,7 +257,7 @@ def _spool_all(
 ) -> tuple[list[_Spooled], dict[str, Any]]:
     """Process every job, keeping each volume's slices in ``spool`` until the split is known."""
     spooled: list[_Spooled] = []
-    windows: set[tuple[float, float]] = set()
+    windows: set[Window] = set()
     columns = (TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task("volumes", total=len(run.jobs))
@@ -282,12 +285,10 @@ def _spool(slices: Slices, job: Job, path: Path) -> _Spooled:
     )  # fmt: skip
 
 
-def _window_meta(cfg: PreprocessConfig, windows: set[tuple[float, float]]) -> dict[str, Any]:
-    if cfg.window == "percentile":
-        return {"kind": "percentile", "percentiles": list(cfg.percentiles)}
-    (low, high), name = sorted(windows)[0], cfg.window
-    kind = "explicit" if isinstance(name, WindowConfig) else name
-    return {"kind": kind, "center": (low + high) / 2, "width": high - low, "low": low, "high": high}
+def _window_meta(cfg: PreprocessConfig, windows: set[Window]) -> dict[str, Any]:
+    if cfg.window == PERCENTILE:
+        return Window(PERCENTILE, percentiles=cfg.percentiles).to_dict()
+    return sorted(windows, key=lambda w: (w.low, w.high))[0].to_dict()
 
 
 def _slice_labels(

@@ -14,21 +14,25 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from augment.config import PreprocessConfig
-from augment.errors import InputError
-from augment.preprocessing.readers.dicom import MALFORMED, MapFn, Series, malformed, read_series
-from augment.preprocessing.readers.nifti import NiftiCase, read_nifti
 from augment.contracts.volume import Volume
-from augment.preprocessing.privacy import file_token
+from augment.errors import InputError
 from augment.preprocessing.arrays import Slices, process_volume
+from augment.preprocessing.privacy import file_token
+from augment.preprocessing.readers import READERS
+from augment.preprocessing.readers.base import MapFn
+from augment.preprocessing.readers.dicom import MALFORMED, malformed
 
 
 @dataclass(frozen=True)
 class Job:
-    """One volume to read: a DICOM series or a NIfTI case, with its pseudonymised names."""
+    """One volume to read, by the reader that found it, with its pseudonymised names."""
 
-    item: Series | NiftiCase
+    reader: str  # a name in the READERS registry
+    item: object  # the reader's handle of the volume
+    root: Path  # the input root it was found under (file tokens are relative to it)
     patient: str
     source: str
     name: str
@@ -58,12 +62,10 @@ def _run_job(index: int, job: Job, cfg: PreprocessConfig) -> Outcome:
 
 
 def _read(job: Job, cfg: PreprocessConfig) -> Volume:
-    item = job.item
-    if isinstance(item, Series):
-        return read_series(
-            item, job.patient, job.source, lambda p: file_token(p, item.root, job.key)
-        )
-    return read_nifti(item.image, job.patient, job.source, item.mask, cfg.channel, name=job.name)
+    reader = READERS.get(job.reader)()
+    return reader.read(
+        job.item, job.patient, job.source, lambda p: file_token(p, job.root, job.key), cfg
+    )
 
 
 def outcomes(

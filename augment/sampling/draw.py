@@ -9,68 +9,11 @@ contiguous blocks of indices (:func:`class_counts`, :func:`class_of`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import torch
 
+from augment.contracts.model_dir import ModelInfo
 from augment.errors import ConfigError
-
-_CT_PRESETS = ("abdomen", "lung", "brain", "bone")
-
-
-@dataclass(frozen=True)
-class Units:
-    """The training data's intensity window: [-1, 1] <-> center -/+ width / 2.
-
-    Attributes:
-        center: value of 0 in the model's range.
-        width: span of [-1, 1] in the data's units.
-        name: "HU" for CT, "" when the units are unknown or arbitrary.
-    """
-
-    center: float = 0.0
-    width: float = 2.0
-    name: str = ""
-
-    def to_units(self, x: np.ndarray) -> np.ndarray:
-        """[-1, 1] -> the data's units, float32."""
-        return (x * np.float32(self.width / 2) + np.float32(self.center)).astype(np.float32)
-
-    def to_unit_range(self, v: np.ndarray) -> np.ndarray:
-        """The data's units -> [-1, 1], float32."""
-        return ((v - np.float32(self.center)) / np.float32(self.width / 2)).astype(np.float32)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Units:
-        """Read the window of a model's ``config.json`` (center/width or lower/upper bounds).
-
-        The units are HU when the modality is CT, the window is a CT preset, or it reaches
-        below -100 (only CT has such values); a percentile window has no units: [-1, 1] stays.
-        """
-        window = config.get("window")
-        lo_hi = _window_bounds(window)
-        if lo_hi is None:
-            return cls()
-        lo, hi = lo_hi
-        kind = window.get("kind") if isinstance(window, dict) else None
-        ct = str(config.get("modality", "")).upper() == "CT" or kind in _CT_PRESETS or lo < -100
-        return cls(center=(lo + hi) / 2, width=hi - lo, name="HU" if ct else "")
-
-
-def _window_bounds(window: Any) -> tuple[float, float] | None:
-    if isinstance(window, dict):
-        lower = {k.lower(): v for k, v in window.items()}
-        if "width" in lower and ("center" in lower or "centre" in lower):
-            c, w = float(lower.get("center", lower.get("centre"))), float(lower["width"])
-            return c - w / 2, c + w / 2
-        for lo_key, hi_key in (("lower", "upper"), ("low", "high"), ("lo", "hi"), ("min", "max")):
-            if lo_key in lower and hi_key in lower:
-                return float(lower[lo_key]), float(lower[hi_key])
-    if isinstance(window, (list, tuple)) and len(window) == 2:
-        return float(window[0]), float(window[1])
-    return None
 
 
 def class_counts(n: int, class_names: list[str], ratio: dict[str, float] | None) -> np.ndarray:
@@ -132,7 +75,7 @@ def noise(seed: int, indices: np.ndarray, nz: int, truncation: float | None = No
 @torch.inference_mode()
 def generate(
     generator: torch.nn.Module,
-    info: Any,
+    info: ModelInfo,
     seed: int,
     indices: np.ndarray,
     classes: np.ndarray,

@@ -14,9 +14,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from augment.config import TrainConfig
-from augment.errors import AugmentError, StoreError
-from augment.contracts.slice_store import SliceStore
 from augment.contracts.model_dir import CHECKPOINT_FILE, save_generator
+from augment.contracts.slice_store import SliceStore
+from augment.errors import AugmentError, StoreError
 from augment.nets.dcgan import DCGANSpec, Generator
 from augment.training.checkpoint import rng_state, save_checkpoint
 from augment.training.data import DataInfo, TrainData
@@ -31,7 +31,7 @@ class DivergenceError(AugmentError):
     """Losses stayed non-finite for ``divergence_patience`` steps in a row."""
 
 
-class Run:
+class TrainingRun:
     """The loop around :meth:`Trainer.step`: logs, grids, checkpoints, the divergence guard."""
 
     def __init__(self, cfg: TrainConfig, spec: DCGANSpec, trainer: Trainer, data: TrainData,

@@ -22,40 +22,21 @@ import torch
 import torch.distributed as dist
 
 from augment.config import TrainConfig
-from augment.errors import ConfigError, StoreError
+from augment.contracts.model_dir import CHECKPOINT_FILE
 from augment.contracts.slice_store import SliceStore
-from augment.contracts.model_dir import CHECKPOINT_FILE, resolve_device
+from augment.errors import ConfigError, StoreError
 from augment.nets.dcgan import DCGANSpec
+from augment.nets.device import resolve_device
 from augment.training.checkpoint import (
     check_resumable,
     load_checkpoint,
-    save_checkpoint,
     set_rng_state,
 )
-from augment.training.data import (
-    DataInfo,
-    TrainData,
-    batches,
-    load_train_data,
-    train_patients,
-)
-from augment.training.ddp import DistInfo, GlooSyncBatchNorm, dist_setup
-from augment.training.loop import METRICS, DivergenceError, Run
+from augment.training.data import DataInfo, TrainData, batches, load_train_data
+from augment.training.ddp import DistInfo, dist_setup
+from augment.training.loop import METRICS, TrainingRun
+from augment.training.losses import LOSSES
 from augment.training.step import Trainer
-
-__all__ = [
-    "DataInfo",
-    "DivergenceError",
-    "GlooSyncBatchNorm",
-    "TrainData",
-    "Trainer",
-    "load_checkpoint",
-    "load_train_data",
-    "print_summary",
-    "save_checkpoint",
-    "train",
-    "train_patients",
-]
 
 
 def _device(cfg: TrainConfig, d: DistInfo) -> torch.device:
@@ -146,8 +127,11 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, dd: DistIn
     store = SliceStore.open(data_dir)
     host_data, info = load_train_data(store, cfg)
     spec = _spec(cfg, store, host_data, info)
-    if cfg.loss == "wgan-gp" and cfg.compile:
-        raise ConfigError("train.compile: not supported with loss wgan-gp (double backward)")
+    if cfg.compile and LOSSES.get(cfg.loss).gradient_penalty:
+        raise ConfigError(
+            f"train.compile: not supported with loss {cfg.loss} (its gradient penalty needs a "
+            "double backward)"
+        )
     torch.manual_seed(cfg.seed + dd.rank)  # distinct noise per process, same init after DDP
     random.seed(cfg.seed + dd.rank)
     np.random.seed(cfg.seed + dd.rank)
@@ -167,7 +151,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, dd: DistIn
         _clean(out)
     if dd.world > 1:
         dist.barrier()
-    run = Run(cfg, spec, trainer, data, info, store, out, dd, data_rng)
+    run = TrainingRun(cfg, spec, trainer, data, info, store, out, dd, data_rng)
     return run.loop(batches(data, cfg, device, data_rng), resume)
 
 

@@ -12,23 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from augment.config import TrainConfig
-from augment.training.diffaug import diff_augment
 from augment.nets.dcgan import DCGANSpec, Discriminator, Generator, recalibrate_batchnorm
 from augment.training.ddp import plain_batchnorm, sync_batchnorm
+from augment.training.diffaug import diff_augment
+from augment.training.losses import LOSSES
+from augment.training.losses.base import GANLoss
 
 BN_BATCHES = 16  # passes of 64 noise vectors that recalibrate the EMA G's batch norm
-
-
-def _d_loss(kind: str, real: Tensor, fake: Tensor) -> Tensor:
-    if kind == "bce":  # non-saturating GAN on logits
-        return F.softplus(-real).mean() + F.softplus(fake).mean()
-    if kind == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    return fake.mean() - real.mean()  # wgan-gp (penalty added by the caller)
-
-
-def _g_loss(kind: str, fake: Tensor) -> Tensor:
-    return F.softplus(-fake).mean() if kind == "bce" else -fake.mean()
 
 
 class Trainer:
@@ -45,6 +35,7 @@ class Trainer:
         self, spec: DCGANSpec, cfg: TrainConfig, device: torch.device, distributed: bool = False
     ) -> None:
         self.spec, self.cfg, self.device = spec, cfg, device
+        self.loss: GANLoss = LOSSES.get(cfg.loss)()
         self.cuda = device.type == "cuda"
         # channels_last on CPU too: oneDNN's (transposed) convolutions run 2-3x faster in it.
         fmt = torch.channels_last
@@ -109,7 +100,7 @@ class Trainer:
 
     def _d_step(self, real: Tensor, y: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         cfg, b = self.cfg, real.shape[0]
-        gp = cfg.loss == "wgan-gp"
+        gp = self.loss.gradient_penalty
         parts, ys = [self._aug(real), self._aug(fake)], [y, y]
         if gp:
             alpha = torch.rand(b, 1, 1, 1, device=real.device)
@@ -120,9 +111,9 @@ class Trainer:
             if self.separate:
                 outs = [self.d_run(p, self._y(yy)).float() for p, yy in zip(parts, ys, strict=True)]
             else:
-                cat = torch.cat(parts).contiguous(memory_format=self._fmt())
+                cat = torch.cat(parts).contiguous(memory_format=torch.channels_last)
                 outs = list(self.d_run(cat, self._y(torch.cat(ys))).float().split(b))
-            loss = _d_loss(cfg.loss, outs[0], outs[1])
+            loss = self.loss.discriminator(outs[0], outs[1])
         if gp:
             (grad,) = torch.autograd.grad(outs[2].sum(), x_hat, create_graph=True)
             loss = loss + cfg.gp_weight * (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
@@ -130,9 +121,6 @@ class Trainer:
         loss.backward()
         self.opt_d.step()
         return loss.detach(), outs[0].detach(), outs[1].detach()
-
-    def _fmt(self) -> torch.memory_format:
-        return torch.channels_last
 
     def step(self, next_batch: Callable[[], tuple[Tensor, Tensor]]) -> Tensor:
         """One generator step after ``n_critic`` discriminator steps.
@@ -162,15 +150,15 @@ class Trainer:
         self.d.requires_grad_(False)
         sync = self.d_run.no_sync() if self.distributed else contextlib.nullcontext()
         with sync, self._autocast():
-            loss_g = _g_loss(cfg.loss, self.d_run(self._aug(fake), self._y(y)).float())
+            loss_g = self.loss.generator(self.d_run(self._aug(fake), self._y(y)).float())
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
         self.d.requires_grad_(True)
         self.step_count += 1
         self.update_ema()
-        prob = torch.sigmoid if cfg.loss == "bce" else (lambda t: t)
-        return torch.stack([loss_d, loss_g.detach(), prob(d_real).mean(), prob(d_fake).mean()])
+        score = self.loss.score
+        return torch.stack([loss_d, loss_g.detach(), score(d_real).mean(), score(d_fake).mean()])
 
     @torch.no_grad()
     def update_ema(self) -> None:

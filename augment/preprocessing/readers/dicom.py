@@ -10,7 +10,7 @@ in the package's canonical (Z, Y, X) orientation (see :mod:`augment.preprocessin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
 
-from augment.errors import InputError
-from augment.preprocessing.readers.nifti import canonical_zyx
+from augment.config import PreprocessConfig
 from augment.contracts.volume import Volume
+from augment.errors import InputError
+from augment.preprocessing.readers.base import Discovery, Found, MapFn, Namer
+from augment.preprocessing.readers.nifti import canonical_zyx
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 NON_IMAGE = {
@@ -97,9 +99,6 @@ class Series:
 class _Frame:
     position: np.ndarray  # (3,) ImagePositionPatient, LPS mm
     pixels: np.ndarray  # (R, C) physical units
-
-
-MapFn = Callable[[Callable[[Path], Any], list[Path]], Iterable[Any]]
 
 
 def scan_dicom(
@@ -444,16 +443,23 @@ def _slice_step(proj: np.ndarray, name: str) -> float:
     return step
 
 
-def part10_dataset(sop_class: str, sop_uid: str) -> Dataset:
-    """An empty DICOM Part 10 data set: file meta (Explicit VR Little Endian) and SOP identity."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+class DicomReader:
+    """The ``dicom`` input reader: one Volume per series (see the module docstring)."""
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
-    return ds
+    def claims(self, files: list[Path]) -> bool:
+        return bool(files)  # the fallback: whatever no other reader claims is tried as DICOM
+
+    def discover(
+        self, root: Path, cfg: PreprocessConfig, name_of: Namer, map_fn: MapFn
+    ) -> Discovery:
+        series, skipped = scan_dicom(root, name_of, map_fn)
+        # DICOM SEG and RTSTRUCT masks are not read yet: a series never brings a mask.
+        found = [Found(s, s.raw_patient, s.files[0], has_mask=False) for s in series]
+        return Discovery(found, skipped)
+
+    def read(
+        self, item: object, patient: str, source: str, name_of: Namer, cfg: PreprocessConfig
+    ) -> Volume:
+        if not isinstance(item, Series):
+            raise TypeError(f"expected a DICOM Series, got {type(item).__name__}")
+        return read_series(item, patient, source, name_of)

@@ -25,8 +25,10 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
-from augment.errors import InputError
+from augment.config import PreprocessConfig
 from augment.contracts.volume import Volume
+from augment.errors import InputError
+from augment.preprocessing.readers.base import Discovery, Found, MapFn, Namer
 
 SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -299,3 +301,26 @@ def _scrub(exc: BaseException, path: Path, name: str) -> str:
         if part:
             text = text.replace(part, name)
     return text
+
+
+class NiftiReader:
+    """The ``nifti`` input reader: one Volume per image file, with its mask when found."""
+
+    def claims(self, files: list[Path]) -> bool:
+        return any(is_nifti(p) for p in files)
+
+    def discover(
+        self, root: Path, cfg: PreprocessConfig, name_of: Namer, map_fn: MapFn
+    ) -> Discovery:
+        cases = find_cases(root, cfg.channel, cfg.mask_pattern)
+        found = [Found(c, c.case, c.image, has_mask=c.mask is not None) for c in cases]
+        return Discovery(found, label_names=read_label_names(root))
+
+    def read(
+        self, item: object, patient: str, source: str, name_of: Namer, cfg: PreprocessConfig
+    ) -> Volume:
+        if not isinstance(item, NiftiCase):
+            raise TypeError(f"expected a NiftiCase, got {type(item).__name__}")
+        return read_nifti(
+            item.image, patient, source, item.mask, cfg.channel, name=name_of(item.image)
+        )
