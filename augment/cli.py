@@ -8,6 +8,7 @@ printed on one line and exit 1; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -76,6 +77,13 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
+def _show(table: Any) -> None:
+    """Print a stage's summary table: every stage's summary goes here, to stderr."""
+    from rich.console import Console
+
+    Console(stderr=True).print(table)
+
+
 def _config(cls: Any, section: str, params: Path, **overrides: Any) -> Any:
     return _run(load, cls, section, params, overrides)
 
@@ -100,11 +108,9 @@ def phantoms(
         PhantomsConfig, "phantoms", params,
         patients=patients, size=size, slices=slices, prevalence=prevalence, seed=seed,
     )  # fmt: skip
-    from rich.console import Console
+    from augment.phantoms.stage import make_phantoms, summary_table
 
-    from augment.phantoms import make_phantoms, summary_table
-
-    Console().print(summary_table(_run(make_phantoms, cfg, out)))
+    _show(summary_table(_run(make_phantoms, cfg, out)))
 
 
 @app.command()
@@ -144,8 +150,11 @@ def preprocess(
         format=fmt,
     )  # fmt: skip
     from augment.preprocessing.stage import preprocess as run_preprocess
+    from augment.preprocessing.stage import summary_table
 
-    _run(run_preprocess, cfg, inputs, out, labels_csv=labels, key_file=key_file)
+    _show(
+        summary_table(_run(run_preprocess, cfg, inputs, out, labels_csv=labels, key_file=key_file))
+    )
 
 
 @app.command()
@@ -174,10 +183,12 @@ def train(
         TrainConfig, "train", params,
         steps=steps, batch_size=batch_size, loss=loss, fraction=fraction, device=device, seed=seed,
     )  # fmt: skip
-    from augment.training.stage import print_summary
+    from augment.training.stage import summary_table
     from augment.training.stage import train as run_train
 
-    print_summary(_run(run_train, cfg, data, out, resume=resume, dry_run=dry_run))
+    summary = _run(run_train, cfg, data, out, resume=resume, dry_run=dry_run)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the first process only
+        _show(summary_table(summary))
 
 
 @app.command()
@@ -226,25 +237,9 @@ def sample(
         truncation=truncation, png_bits=png_bits, overwrite=overwrite,
     )  # fmt: skip
     from augment.sampling.stage import sample as run_sample
+    from augment.sampling.stage import summary_table
 
-    summary = _run(run_sample, cfg, model, out, merge_with_real=merge_with_real)
-    _print_sample_summary(summary)
-
-
-def _print_sample_summary(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(stderr=True)
-    console.print(f"{summary['n']} synthetic slices ({summary['format']}) in {summary['out']}")
-    table = Table(title="augment sample")
-    table.add_column("class")
-    table.add_column("slices", justify="right")
-    for name, count in summary["counts"].items():
-        table.add_row(name, str(count))
-    if summary["real_cases"]:
-        table.add_row("real cases merged", str(summary["real_cases"]))
-    console.print(table)
+    _show(summary_table(_run(run_sample, cfg, model, out, merge_with_real=merge_with_real)))
 
 
 def _parse_ratio(text: str) -> dict[str, float]:
@@ -295,9 +290,19 @@ def evaluate(
         seeds=seeds, classifier=classifier, epochs=epochs, synthetic_ratio=synthetic_ratio,
         inception_weights=str(inception_weights) if inception_weights else None, device=device,
     )  # fmt: skip
+    from augment.evaluation.memorisation import MemorisationError
     from augment.evaluation.stage import evaluate as run_evaluate
+    from augment.evaluation.stage import summary_table
 
-    _run(run_evaluate, cfg, data, model, synthetic, out)
+    def evaluate_and_show() -> None:
+        try:
+            summary = run_evaluate(cfg, data, model, synthetic, out)
+        except MemorisationError as exc:  # the reports are written: show them, then fail
+            _show(summary_table(exc.summary, out))
+            raise
+        _show(summary_table(summary, out))
+
+    _run(evaluate_and_show)
 
 
 def main() -> None:

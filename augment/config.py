@@ -21,6 +21,8 @@ from pydantic import (
 )
 
 from augment.errors import ConfigError
+from augment.evaluation.fidelity import FIDELITY
+from augment.evaluation.tasks import TASKS
 from augment.preprocessing.readers import READERS
 from augment.registry import Registry
 from augment.sampling.formats import FORMATS
@@ -193,6 +195,7 @@ class SampleConfig(_Section):
 class EvaluateConfig(_Section):
     """The downstream gain experiment, fidelity and memorisation checks."""
 
+    task: Annotated[str, registered(TASKS)] = Field("classification", description=TASKS.help())
     classifier: Literal["densenet121", "resnet18", "small"] = "small"
     seeds: int = Field(3, ge=1, le=50)
     epochs: int = Field(15, ge=1)
@@ -205,6 +208,11 @@ class EvaluateConfig(_Section):
         0.99, ge=0.5, lt=1, description="share of held-out slices a copy comes closer than"
     )
     k: int = Field(5, ge=1)
+    fidelity: list[Annotated[str, registered(FIDELITY)]] = Field(
+        default_factory=lambda: list(FIDELITY.names()),
+        min_length=1,
+        description="fidelity metrics: " + FIDELITY.help(),
+    )
     inception_weights: str | None = Field(
         None, description="local Inception-v3 FID weights (torch-fidelity); adds Inception FID"
     )

@@ -32,7 +32,7 @@ SIZE = 64
 def make_data(root: Path, patients: int) -> Path:
     """Write a phantom data set (DICOM, NIfTI, labels.csv) of ``patients`` patients."""
     from augment.config import PhantomsConfig
-    from augment.phantoms import make_phantoms
+    from augment.phantoms.stage import make_phantoms
 
     out = root / f"phantoms-{patients}"
     if not out.exists():

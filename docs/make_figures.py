@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from augment.config import PhantomsConfig  # noqa: E402
-from augment.phantoms import Phantom, generate_phantom, lesion_patients  # noqa: E402
+from augment.phantoms.generate import Phantom, generate_phantom, lesion_patients  # noqa: E402
 
 WINDOW = (40.0, 400.0)  # level, width: abdomen
 

@@ -5,9 +5,9 @@ committed. The DICOM files carry a name, birth date, accession number and instit
 tests can check that none of them reaches an output.
 
 Geometry: a canonical volume is (Z, Y, X) with Z inferior to superior, Y anterior to posterior
-and X right to left (see augment.preprocessing.readers.nifti). An axial DICOM slice with ImageOrientationPatient
-[1, 0, 0, 0, 1, 0] shows exactly ``volume[z]``; NIfTI files are written in LPS voxel order with
-a RAS affine diag(-sx, -sy, sz), as ITK writes them.
+and X right to left (see augment.preprocessing.readers.nifti). An axial DICOM slice with
+ImageOrientationPatient [1, 0, 0, 0, 1, 0] shows exactly ``volume[z]``; NIfTI files are written
+in LPS voxel order with a RAS affine diag(-sx, -sy, sz), as ITK writes them.
 """
 
 from __future__ import annotations

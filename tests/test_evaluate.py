@@ -14,6 +14,7 @@ from augment.contracts.slice_store import SliceStore, SliceStoreWriter
 from augment.errors import AugmentError, StoreError
 from augment.evaluation import experiment as gx
 from augment.evaluation import stage as ev
+from augment.evaluation.tasks import classification
 
 S = 16
 CPU = torch.device("cpu")
@@ -65,14 +66,14 @@ def test_every_arm_trains_on_exactly_the_gan_patients_and_never_on_val_or_test(
 ) -> None:
     data = _data()
     seen: list[tuple[np.ndarray, bool]] = []
-    real_train = gx.train_classifier
+    real_train = classification.train_classifier
 
     def spy(images, labels, val, *args, **kwargs):
         seen.append((images.copy(), args[3]))  # args: n_classes, cfg, seed, classic, device
         assert val is data.val  # val is used for model selection only
         return real_train(images, labels, val, *args, **kwargs)
 
-    monkeypatch.setattr("augment.evaluation.experiment.train_classifier", spy)
+    monkeypatch.setattr(classification, "train_classifier", spy)
     gain = gx.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
     n = len(data.train.labels)
     held = np.concatenate([data.val.images, data.test.images]).reshape(-1, S * S)
@@ -247,7 +248,7 @@ def _model_dir(tmp_path: Path, patients: list[str], fraction: float = 1.0) -> Pa
 def test_stage_fails_on_a_model_trained_on_test_patients(tmp_path: Path, monkeypatch) -> None:
     store = _store(tmp_path)
     model = _model_dir(tmp_path, ["train0", "train1", "train2", "test0"])
-    monkeypatch.setattr("augment.sampling.read.load_synthetic", lambda p: pytest.fail("read"))
+    monkeypatch.setattr("augment.evaluation.stage.load_synthetic", lambda p: pytest.fail("read"))
     with pytest.raises(StoreError, match="val/test"):
         ev.evaluate(_cfg(), store.root, model, tmp_path / "syn", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -261,7 +262,7 @@ def test_cli_copying_generator_exits_1_with_the_report_written(tmp_path: Path, m
     store = _store(tmp_path)
     train_idx = store.indices("train")
     copies = _Syn(np.asarray(store.images[train_idx], np.float32), store.labels(train_idx), [])
-    monkeypatch.setattr("augment.sampling.read.load_synthetic", lambda p: copies)
+    monkeypatch.setattr("augment.evaluation.stage.load_synthetic", lambda p: copies)
     model = _model_dir(tmp_path, store.patients("train"))
     params = tmp_path / "params.yaml"
     params.write_text("evaluate: {seeds: 1, epochs: 1, bootstrap: 100, batch_size: 8}\n")

@@ -8,8 +8,16 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
 from augment.errors import ConfigError
-from augment.evaluation import stats as metrics
-from augment.nets.classifier import RandomFeatures, SmallCNN, build_classifier
+from augment.evaluation import stats
+from augment.evaluation.fidelity.fid import fid
+from augment.evaluation.fidelity.inception import inception_fid
+from augment.evaluation.fidelity.kid import kid
+from augment.evaluation.fidelity.measure import fidelity
+from augment.evaluation.fidelity.prdc import expected_coverage, prdc
+from augment.evaluation.memorisation import memorisation, nearest_by_correlation
+from augment.evaluation.tasks.classification import classification_metrics
+from augment.nets.classifier import SmallCNN, build_classifier
+from augment.nets.features import RandomFeatures, extract_features
 
 
 def _binary(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -22,7 +30,7 @@ def _binary(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def test_classification_metrics_match_sklearn_with_and_without_weights() -> None:
     y, prob = _binary()
     w = np.random.default_rng(1).integers(0, 4, (3, len(y))).astype(float)
-    got = metrics.classification_metrics(y, prob, w)
+    got = classification_metrics(y, prob, w)
     pred = prob.argmax(1)
     for b in range(3):
         sw = w[b]
@@ -34,7 +42,7 @@ def test_classification_metrics_match_sklearn_with_and_without_weights() -> None
         assert got["specificity"][b] == pytest.approx(
             recall_score(y, pred, pos_label=0, sample_weight=sw)
         )
-    plain = metrics.classification_metrics(y, prob)
+    plain = classification_metrics(y, prob)
     assert plain["auc"][0] == pytest.approx(roc_auc_score(y, prob[:, 1]))
 
 
@@ -43,7 +51,7 @@ def test_multiclass_auc_is_sklearn_macro_ovr() -> None:
     y = np.repeat([0, 1, 2], 20)
     prob = rng.dirichlet(np.ones(3), 60) + np.eye(3)[y] * 0.3
     prob /= prob.sum(1, keepdims=True)
-    got = metrics.classification_metrics(y, prob)
+    got = classification_metrics(y, prob)
     assert got["auc"][0] == pytest.approx(roc_auc_score(y, prob, multi_class="ovr"))
 
 
@@ -51,24 +59,24 @@ def test_missing_class_in_a_draw_gives_nan_not_an_error() -> None:
     y, prob = _binary()
     w = np.ones((1, len(y)))
     w[0, y == 1] = 0
-    got = metrics.classification_metrics(y, prob, w)
+    got = classification_metrics(y, prob, w)
     assert np.isnan(got["auc"][0]) and np.isnan(got["sensitivity"][0])
 
 
 def test_patient_bootstrap_resamples_whole_patients() -> None:
     patients = np.array(["a", "a", "b", "c", "c", "c"])
-    w = metrics.patient_bootstrap_weights(patients, 200, seed=3)
+    w = stats.patient_bootstrap_weights(patients, 200, seed=3)
     assert w.shape == (200, 6)
     # every slice of a patient gets the same weight, and each draw has 3 patients
     assert (w[:, 0] == w[:, 1]).all() and (w[:, 3] == w[:, 5]).all()
     assert (w[:, [0, 2, 3]].sum(1) == 3).all()
-    assert np.array_equal(w, metrics.patient_bootstrap_weights(patients, 200, seed=3))
+    assert np.array_equal(w, stats.patient_bootstrap_weights(patients, 200, seed=3))
 
 
 def test_interval_significance() -> None:
-    assert metrics.interval(0.1, np.linspace(0.01, 0.2, 100)).significant
-    assert not metrics.interval(0.1, np.linspace(-0.1, 0.2, 100)).significant
-    assert metrics.interval(0.0, np.full(5, np.nan)).valid == 0
+    assert stats.interval(0.1, np.linspace(0.01, 0.2, 100)).significant
+    assert not stats.interval(0.1, np.linspace(-0.1, 0.2, 100)).significant
+    assert stats.interval(0.0, np.full(5, np.nan)).valid == 0
 
 
 def _gaussian_features(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -77,26 +85,26 @@ def _gaussian_features(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
 
 def test_identical_sets_fid_zero_density_and_coverage_one() -> None:
     feats = _gaussian_features(300, 0)
-    assert metrics.fid(feats, feats) == pytest.approx(0.0, abs=1e-3)
-    out = metrics.prdc(feats, feats, k=5)
+    assert fid(feats, feats) == pytest.approx(0.0, abs=1e-3)
+    out = prdc(feats, feats, k=5)
     assert out["density"] == pytest.approx(1.0) and out["coverage"] == pytest.approx(1.0)
 
 
 def test_same_distribution_density_near_1_coverage_near_097() -> None:
     a, b = _gaussian_features(1000, 0), _gaussian_features(1000, 1)
-    out = metrics.prdc(a, b, k=5)
-    assert metrics.expected_coverage(1000, 5) == pytest.approx(0.97, abs=0.002)
+    out = prdc(a, b, k=5)
+    assert expected_coverage(1000, 5) == pytest.approx(0.97, abs=0.002)
     assert out["density"] == pytest.approx(1.0, abs=0.08)
-    assert out["coverage"] == pytest.approx(metrics.expected_coverage(1000, 5), abs=0.02)
-    assert metrics.fid(a, b) < 0.2  # finite-sample bias only
-    kid_mean, _ = metrics.kid(a, b)
+    assert out["coverage"] == pytest.approx(expected_coverage(1000, 5), abs=0.02)
+    assert fid(a, b) < 0.2  # finite-sample bias only
+    kid_mean, _ = kid(a, b)
     assert abs(kid_mean) < 0.01
 
 
 def test_shifted_distribution_scores_worse_than_its_baseline() -> None:
     train, test = _gaussian_features(400, 0), _gaussian_features(200, 1)
     far = _gaussian_features(500, 2, shift=2.0)
-    out = metrics.fidelity(train, test, far, k=5)
+    out = fidelity(train, test, far, k=5)
     assert out["synthetic"]["fid"] > 10 * max(out["baseline"]["fid"], 0.1)
     assert out["synthetic"]["kid"] > out["baseline"]["kid"]
     assert out["synthetic"]["coverage"] < out["baseline"]["coverage"]
@@ -107,7 +115,7 @@ def test_inception_fid_names_the_missing_weights_file(tmp_path) -> None:
     missing = tmp_path / "pt_inception.pth"
     x = np.zeros((4, 1, 16, 16), np.float32)
     with pytest.raises(ConfigError, match="pt_inception.pth"):
-        metrics.inception_fid(missing, x, x, x)
+        inception_fid(missing, x, x, x)
 
 
 def _slices(n: int, seed: int, size: int = 32) -> np.ndarray:
@@ -124,7 +132,7 @@ def _slices(n: int, seed: int, size: int = 32) -> np.ndarray:
 def test_nearest_by_correlation_finds_the_copied_slice() -> None:
     train = _slices(50, 0)
     queries = train[[7, 3, 41]] * 0.5 + 0.1  # affine changes keep the correlation at 1
-    corr, idx = metrics.nearest_by_correlation(queries, train, chunk=16)
+    corr, idx = nearest_by_correlation(queries, train, chunk=16)
     assert list(idx) == [7, 3, 41]
     assert np.allclose(corr, 1.0, atol=1e-5)
 
@@ -132,17 +140,13 @@ def test_nearest_by_correlation_finds_the_copied_slice() -> None:
 def test_copies_of_training_slices_have_a_high_copy_rate_and_noise_none() -> None:
     net = RandomFeatures()
     train, held = _slices(80, 0), _slices(40, 1)
-    tf, hf = metrics.extract_features(net, train), metrics.extract_features(net, held)
+    tf, hf = extract_features(net, train), extract_features(net, held)
     copies = train[np.random.default_rng(2).integers(0, 80, 60)]
-    mem = metrics.memorisation(
-        (copies, metrics.extract_features(net, copies)), (train, tf), (held, hf)
-    )
+    mem = memorisation((copies, extract_features(net, copies)), (train, tf), (held, hf))
     assert mem.copy_rate == 1.0 and mem.copy_rate_features == 1.0
     assert mem.syn_corr[mem.closest(1)[0]] == pytest.approx(1.0, abs=1e-5)
     noise = np.random.default_rng(3).uniform(-1, 1, (60, 1, 32, 32)).astype(np.float32)
-    mem = metrics.memorisation(
-        (noise, metrics.extract_features(net, noise)), (train, tf), (held, hf)
-    )
+    mem = memorisation((noise, extract_features(net, noise)), (train, tf), (held, hf))
     assert mem.copy_rate == 0.0
 
 
@@ -171,8 +175,8 @@ def test_unknown_classifier_is_rejected() -> None:
 def test_too_few_test_patients_never_give_a_significant_result() -> None:
     y = np.array([0, 1, 0, 0, 0, 0])
     patients = np.array(["a", "a", "b", "c", "d", "e"])
-    assert not metrics.bootstrap_assessable(y, patients, 2)  # lesions in one patient only
-    assert metrics.bootstrap_assessable(np.append(y, 1), np.append(patients, "e"), 2)
-    assert not metrics.bootstrap_assessable(y[:4], patients[:4], 2)
-    ci = metrics.interval(0.3, np.linspace(0.2, 0.4, 50), assessable=False)
+    assert not stats.bootstrap_assessable(y, patients, 2)  # lesions in one patient only
+    assert stats.bootstrap_assessable(np.append(y, 1), np.append(patients, "e"), 2)
+    assert not stats.bootstrap_assessable(y[:4], patients[:4], 2)
+    ci = stats.interval(0.3, np.linspace(0.2, 0.4, 50), assessable=False)
     assert ci.low > 0 and not ci.significant

@@ -15,7 +15,10 @@ from typer.testing import CliRunner
 
 from augment.cli import app
 from augment.config import PhantomsConfig
-from augment.phantoms import Tissue, generate_phantom, lesion_patients, make_phantoms, writers
+from augment.phantoms import stage as phantom_stage
+from augment.phantoms.generate import generate_phantom, lesion_patients
+from augment.phantoms.stage import make_phantoms
+from augment.phantoms.tissue import Tissue
 
 SMALL = {"patients": 4, "size": 48, "slices": 8}
 
@@ -96,7 +99,7 @@ def test_a_failed_run_leaves_no_output(tmp_path: Path, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(writers, "write_nifti", boom)
+    monkeypatch.setattr(phantom_stage, "write_nifti_case", boom)
     with pytest.raises(OSError):
         make_phantoms(_cfg(patients=2), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

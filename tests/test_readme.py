@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from augment.config import PhantomsConfig
-from augment.phantoms import make_phantoms
+from augment.phantoms.stage import make_phantoms
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

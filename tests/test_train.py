@@ -1,4 +1,4 @@
-"""``augment train`` (augment.training.stage): dry run, resume, guards, splits, options, EMA, DDP."""
+"""``augment train``: dry run, resume, guards, splits, options, EMA, DDP."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from augment.contracts.slice_store import SliceStore, SliceStoreWriter, train_pa
 from augment.errors import ConfigError, StoreError
 from augment.training import data as data_mod
 from augment.training import stage as train_mod
-from augment.training import step as step_mod
 from augment.training.checkpoint import load_checkpoint
 from augment.training.diffaug import diff_augment
 from augment.training.loop import DivergenceError

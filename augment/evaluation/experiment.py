@@ -1,7 +1,8 @@
-"""The gain experiment of ``augment evaluate``: does the synthetic data help a classifier?
+"""The gain experiment of ``augment evaluate``: does the synthetic data help a downstream model?
 
-A classifier is trained in four arms, each with several seeds paired across arms (the same seed
-gives the same initial weights and batch order):
+The task's model (:mod:`augment.evaluation.tasks`; a classifier by default) is trained in four
+arms, each with several seeds paired across arms (the same seed gives the same initial weights
+and batch order):
 
 - ``real``: the GAN's real training patients only;
 - ``real_classic``: the same, with classic MONAI augmentation (flips, rotations, intensity);
@@ -16,19 +17,18 @@ arm and seed, so the gains are paired).
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
 from augment.config import EvaluateConfig
-from augment.evaluation import stats as metrics
-from augment.nets.classifier import build_classifier
+from augment.evaluation import stats
+from augment.evaluation.stats import Interval
+from augment.evaluation.tasks import TASKS
+from augment.evaluation.tasks.base import Task
 
 ARMS = ("real", "real_classic", "real_synthetic", "real_classic_synthetic")
 COMPARISONS = (
@@ -72,140 +72,11 @@ class GainResult:
     best_epoch: dict[str, list[int]]  # arm -> per seed
     val_curves: dict[str, list[list[float]]]  # arm -> per seed, val AUC per epoch
     per_seed: dict[str, dict[str, list[float]]]  # arm -> metric -> per seed (full test set)
-    arm_ci: dict[str, dict[str, metrics.Interval]]  # arm -> metric -> mean over seeds + CI
-    gains: dict[str, dict[str, metrics.Interval]]  # "a_vs_b" -> metric -> gain + CI
+    arm_ci: dict[str, dict[str, Interval]]  # arm -> metric -> mean over seeds + CI
+    gains: dict[str, dict[str, Interval]]  # "a_vs_b" -> metric -> gain + CI
     n_synthetic: int
+    metrics: tuple[str, ...]  # the task's metric names; the first is the headline
     notes: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- training
-
-
-def classic_augmentation(seed: int, group: int = 8) -> Callable[[torch.Tensor], torch.Tensor]:
-    """MONAI augmentation of a batch (B, 1, S, S), seeded.
-
-    Left-right flips, rotations up to 15 degrees, intensity scaling and shifting by up to 10%:
-    the changes a radiologist would call "the same image". One random draw covers a group of
-    ``group`` slices (stacked as channels): MONAI's per-call overhead, not the arithmetic,
-    dominates on CPU, and batches are reshuffled every epoch so the groups keep changing.
-    """
-    from monai.transforms import (
-        Compose,
-        RandFlip,
-        RandRotate,
-        RandScaleIntensity,
-        RandShiftIntensity,
-    )
-    from monai.utils import convert_to_tensor
-
-    chain = Compose(
-        [
-            RandFlip(prob=0.5, spatial_axis=1),
-            RandRotate(range_x=np.pi / 12, prob=0.5, padding_mode="border"),
-            RandScaleIntensity(factors=0.1, prob=0.5),
-            RandShiftIntensity(offsets=0.1, prob=0.5),
-        ]
-    )
-    chain.set_random_state(seed)
-
-    def apply(batch: torch.Tensor) -> torch.Tensor:
-        # Plain tensors out: a MetaTensor would route every op of the network through MONAI's
-        # metadata tracking and make training several times slower.
-        parts = [
-            convert_to_tensor(chain(batch[i : i + group, 0]), track_meta=False)  # (g, S, S)
-            for i in range(0, len(batch), group)
-        ]
-        return torch.cat(parts)[:, None].clamp(-1, 1)  # (B, 1, S, S)
-
-    return apply
-
-
-def _predict(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), 256):
-            x = torch.from_numpy(images[start : start + 256]).to(device)  # (b, 1, S, S)
-            out.append(F.softmax(model(x).float(), dim=1).cpu().numpy())
-    return np.concatenate(out)  # (n, K)
-
-
-def _val_score(y: np.ndarray, prob: np.ndarray) -> float:
-    auc = float(metrics.classification_metrics(y, prob)["auc"][0])
-    if np.isfinite(auc):
-        return auc
-    # One class only in val: fall back to the mean probability of the true class.
-    return float(prob[np.arange(len(y)), y].mean()) - 1.0
-
-
-def train_classifier(
-    images: np.ndarray,
-    labels: np.ndarray,
-    val: Split,
-    n_classes: int,
-    cfg: EvaluateConfig,
-    seed: int,
-    classic: bool,
-    device: torch.device,
-    steps_per_epoch: int | None = None,
-) -> tuple[torch.nn.Module, list[float]]:
-    """Train one arm's classifier for one seed; keep the epoch with the best val AUC.
-
-    Every arm gets the same number of optimisation steps (``steps_per_epoch`` per epoch, set
-    from the real training set), so that an arm with synthetic slices does not win merely by
-    being trained longer; its batches are drawn from the larger pool instead.
-
-    Args:
-        images: (n, 1, S, S) float32 training slices.
-        labels: (n,) class ids.
-        val: the val split (model selection only).
-        n_classes: number of classes.
-        cfg: epochs, batch size, learning rate, classifier name.
-        seed: fixes the initial weights, batch order and augmentation draws.
-        classic: apply :func:`classic_augmentation` to each batch.
-        device: where to train.
-        steps_per_epoch: optimisation steps between two val checks (None: one pass).
-
-    Returns:
-        The model with the best epoch's weights, and the val score of every epoch.
-    """
-    torch.manual_seed(seed)
-    model = build_classifier(cfg.classifier, n_classes).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    counts = np.bincount(labels, minlength=n_classes).clip(min=1)
-    # Inverse-frequency weights: lesion slices are rarer, and arms differ in class balance.
-    weight = torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32, device=device)
-    order = torch.Generator().manual_seed(seed)
-    augment = classic_augmentation(seed) if classic else None
-    x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
-    steps = steps_per_epoch or -(-len(labels) // cfg.batch_size)
-    batches = _batches(len(labels), cfg.batch_size, order)
-    best, best_state, curve = -np.inf, None, []
-    for _ in range(cfg.epochs):
-        model.train()
-        for _ in range(steps):
-            idx = next(batches)
-            x = augment(x_all[idx]) if augment else x_all[idx]  # (B, 1, S, S)
-            loss = F.cross_entropy(model(x.to(device)), y_all[idx].to(device), weight=weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        score = _val_score(val.labels, _predict(model, val.images, device))
-        curve.append(score)
-        if score > best:
-            best, best_state = score, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
-    return model.eval(), curve
-
-
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless batches of indices: successive permutations, cut into batches of >= 2."""
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            if len(idx) >= 2:  # batch norm needs two samples
-                yield idx
 
 
 def _arm_training_set(
@@ -237,6 +108,7 @@ def gain_experiment(
     Returns:
         A :class:`GainResult` with test probabilities, per-arm summaries and paired gains.
     """
+    task: Task = TASKS.get(cfg.task)()
     notes = []
     usable = int((data.synthetic_labels >= 0).sum())
     n_syn = min(int(round(cfg.synthetic_ratio * len(data.train.labels))), usable)
@@ -254,31 +126,31 @@ def gain_experiment(
         )
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     n_classes = len(data.class_names)
-    if not metrics.bootstrap_assessable(data.test.labels, data.test.patients, n_classes):
+    if not stats.bootstrap_assessable(data.test.labels, data.test.patients, n_classes):
         notes.append(
             f"The test split is too small to call any difference significant: it needs at least "
-            f"{metrics.MIN_TEST_PATIENTS} patients and every class in at least "
-            f"{metrics.MIN_PATIENTS_PER_CLASS} of them; intervals are shown but no gain is marked."
+            f"{stats.MIN_TEST_PATIENTS} patients and every class in at least "
+            f"{stats.MIN_PATIENTS_PER_CLASS} of them; intervals are shown but no gain is marked."
         )
     steps = -(-len(data.train.labels) // cfg.batch_size)  # one real epoch, for every arm
     probs: dict[str, list[np.ndarray]] = {a: [] for a in arms}
     best_epoch: dict[str, list[int]] = {a: [] for a in arms}
     curves: dict[str, list[list[float]]] = {a: [] for a in arms}
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("gain experiment", total=len(arms) * len(seeds))
+        progress = bar.add_task(f"gain experiment ({cfg.task})", total=len(arms) * len(seeds))
         for seed in seeds:
             for arm in arms:
                 x, y = _arm_training_set(data, arm, n_syn, cfg.seed)
-                model, curve = train_classifier(
+                model, curve = task.train(
                     x, y, data.val, n_classes, cfg, seed, "classic" in arm, device, steps
                 )
-                probs[arm].append(_predict(model, data.test.images, device))
+                probs[arm].append(task.predict(model, data.test.images, device))
                 best_epoch[arm].append(int(np.argmax(curve)))
                 curves[arm].append(curve)
-                bar.advance(task)
+                bar.advance(progress)
     stacked = {a: np.stack(p) for a, p in probs.items()}  # (n_seeds, n_test, K)
     per_seed, arm_ci, gains = compare_arms(
-        data.test.labels, data.test.patients, stacked, cfg.bootstrap, cfg.seed
+        task, data.test.labels, data.test.patients, stacked, cfg.bootstrap, cfg.seed
     )
     return GainResult(
         arms=arms,
@@ -291,19 +163,30 @@ def gain_experiment(
         arm_ci=arm_ci,
         gains=gains,
         n_synthetic=n_syn if "real_synthetic" in arms else 0,
+        metrics=task.metrics,
         notes=notes,
     )
 
 
 def compare_arms(
-    y: np.ndarray, patients: np.ndarray, probs: dict[str, np.ndarray], n_boot: int, seed: int
-) -> tuple[dict, dict, dict]:
+    task: Task,
+    y: np.ndarray,
+    patients: np.ndarray,
+    probs: dict[str, np.ndarray],
+    n_boot: int,
+    seed: int,
+) -> tuple[
+    dict[str, dict[str, list[float]]],
+    dict[str, dict[str, Interval]],
+    dict[str, dict[str, Interval]],
+]:
     """Per-arm metrics and paired gains with a bootstrap over test patients.
 
     Every arm and seed is scored on the same bootstrap draws; a draw's value for an arm is the
     mean over seeds, and a gain's draw is the difference of two arms' draws.
 
     Args:
+        task: scores the predictions.
         y: (n,) test labels.
         patients: (n,) test patient keys.
         probs: arm -> (n_seeds, n, K) test probabilities.
@@ -314,25 +197,27 @@ def compare_arms(
         per_seed (arm -> metric -> list), arm_ci (arm -> metric -> Interval),
         gains ("a_vs_b" -> metric -> Interval).
     """
-    weights = metrics.patient_bootstrap_weights(patients, n_boot, seed)  # (B, n)
+    weights = stats.patient_bootstrap_weights(patients, n_boot, seed)  # (B, n)
     n_classes = next(iter(probs.values())).shape[2]
-    ok = metrics.bootstrap_assessable(y, patients, n_classes)
-    point, draws, per_seed = {}, {}, {}
+    ok = stats.bootstrap_assessable(y, patients, n_classes)
+    point: dict[str, dict[str, float]] = {}
+    draws: dict[str, dict[str, np.ndarray]] = {}
+    per_seed: dict[str, dict[str, list[float]]] = {}
     for arm, p in probs.items():
-        full = [metrics.classification_metrics(y, ps) for ps in p]
-        boot = [metrics.classification_metrics(y, ps, weights) for ps in p]
-        per_seed[arm] = {m: [float(f[m][0]) for f in full] for m in metrics.CLASSIFICATION_METRICS}
+        full = [task.score(y, ps) for ps in p]
+        boot = [task.score(y, ps, weights) for ps in p]
+        per_seed[arm] = {m: [float(f[m][0]) for f in full] for m in task.metrics}
         point[arm] = {m: float(np.mean(per_seed[arm][m])) for m in per_seed[arm]}
         draws[arm] = {m: np.mean([b[m] for b in boot], axis=0) for m in per_seed[arm]}
     arm_ci = {
-        a: {m: metrics.interval(point[a][m], draws[a][m], assessable=ok) for m in point[a]}
+        a: {m: stats.interval(point[a][m], draws[a][m], assessable=ok) for m in point[a]}
         for a in probs
     }
-    gains = {}
+    gains: dict[str, dict[str, Interval]] = {}
     for arm, ref in COMPARISONS:
         if arm in probs and ref in probs:
             gains[f"{arm}_vs_{ref}"] = {
-                m: metrics.interval(
+                m: stats.interval(
                     point[arm][m] - point[ref][m], draws[arm][m] - draws[ref][m], assessable=ok
                 )
                 for m in point[arm]

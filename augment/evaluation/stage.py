@@ -1,9 +1,9 @@
 """``augment evaluate``: does the synthetic data help? Gain experiment, fidelity, memorisation.
 
-The gain experiment (:mod:`augment.evaluation.experiment`) trains a classifier in four arms (real, real with
-classic augmentation, real with synthetic slices, both), with seeds paired across arms; this
-module gathers its data from the slice store and the synthetic set, checks fairness, measures
-fidelity and memorisation, and writes the reports.
+The gain experiment (:mod:`augment.evaluation.experiment`) trains a classifier in four arms
+(real, real with classic augmentation, real with synthetic slices, both), with seeds paired
+across arms; this module gathers its data from the slice store and the synthetic set, checks
+fairness, measures fidelity and memorisation, and writes the reports.
 
 Fairness: every arm gets exactly the real patients the GAN was trained on (recorded in the
 model's ``config.json``); the best epoch is chosen on the val split; metrics are computed on the
@@ -13,7 +13,6 @@ arm and seed, so the gains are paired).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,44 +23,45 @@ from rich.console import Console
 from rich.table import Table
 
 from augment.config import EvaluateConfig
-from augment.contracts.model_dir import GENERATOR_FILE, sha256_file
-from augment.contracts.slice_store import SliceStore
-from augment.errors import AugmentError, StoreError
-from augment.evaluation import stats as metrics
-from augment.evaluation.experiment import (
-    ExperimentData,
-    GainResult,
-    Split,
-    gain_experiment,
-)
+from augment.contracts.model_dir import GENERATOR_FILE, read_config, sha256_file
+from augment.contracts.slice_store import SliceStore, train_patients
+from augment.contracts.synthetic_set import SyntheticSet
+from augment.errors import StoreError
+from augment.evaluation import stats
+from augment.evaluation.experiment import ExperimentData, GainResult, Split, gain_experiment
+from augment.evaluation.fidelity.inception import check_inception_weights, inception_fid
+from augment.evaluation.fidelity.measure import fidelity
+from augment.evaluation.memorisation import Memorisation, MemorisationError, memorisation
+from augment.evaluation.report.outputs import write_outputs
 from augment.io.atomic import atomic_dir
-from augment.nets.classifier import RandomFeatures
+from augment.nets.device import resolve_device
+from augment.nets.features import RandomFeatures, extract_features
+from augment.sampling.read import load_synthetic
 
 # --------------------------------------------------------------------------- data
 
 
 def experiment_data(
-    store: SliceStore, train_patients: list[str], synthetic: Any, max_synthetic: int | None = None
+    store: SliceStore, train_patients: list[str], synthetic: SyntheticSet
 ) -> ExperimentData:
     """Gather the slices of the experiment from a store and a loaded synthetic set.
 
     Args:
         store: the slice store the GAN was trained on.
         train_patients: the GAN's training patients (all in the store's train split).
-        synthetic: a :class:`augment.contracts.synthetic_set.SyntheticSet` (images, classes, class_names).
-        max_synthetic: unused cap hook; None keeps every synthetic slice.
+        synthetic: the synthetic set, read back.
 
     Raises:
         StoreError: the synthetic slices do not fit the store (size, class names).
     """
     names = store.class_names
-    syn_images = np.asarray(synthetic.images, np.float32)[:max_synthetic]
+    syn_images = np.asarray(synthetic.images, np.float32)
     if syn_images.shape[1:] != store.images.shape[1:]:
         raise StoreError(
             f"expected synthetic slices of shape {store.images.shape[1:]} like {store.root}, "
             f"got {syn_images.shape[1:]}"
         )
-    classes = np.asarray(synthetic.classes, np.int64)[:max_synthetic]
+    classes = np.asarray(synthetic.classes, np.int64)
     syn_names = list(synthetic.class_names or [])
     if syn_names and (classes >= 0).any():
         unknown = sorted(set(syn_names) - set(names))
@@ -187,15 +187,11 @@ def evaluate(cfg: EvaluateConfig, data: Path, model: Path, synthetic: Path, out:
 
     Raises:
         StoreError: an input breaks its contract or the fairness rules.
-        AugmentError: the copy rate exceeds ``memorisation_threshold`` (raised after writing).
+        MemorisationError: the copy rate exceeds ``memorisation_threshold`` (raised after
+            writing the reports; it carries the summary).
     """
-    from augment.contracts.model_dir import read_config
-    from augment.contracts.slice_store import train_patients
-    from augment.nets.device import resolve_device
-    from augment.sampling.read import load_synthetic
-
     if cfg.inception_weights:
-        metrics.check_inception_weights(Path(cfg.inception_weights))
+        check_inception_weights(Path(cfg.inception_weights))
     started = time.perf_counter()
     store = SliceStore.open(data)
     config = read_config(model)
@@ -221,13 +217,10 @@ def run(
     fraction: float | None = None,
 ) -> dict:
     """The stage on arrays: experiment, measures, outputs and the memorisation gate."""
-    from augment.evaluation.report import write_outputs
-
-    console = Console(stderr=True)
-    gain = gain_experiment(exp, cfg, device, console)
+    gain = gain_experiment(exp, cfg, device, Console(stderr=True))
     net = RandomFeatures()
     feats = {
-        name: metrics.extract_features(net, images)
+        name: extract_features(net, images)
         for name, images in (
             ("train", exp.train.images),
             ("val", exp.val.images),
@@ -235,14 +228,14 @@ def run(
             ("synthetic", exp.synthetic),
         )
     }
-    fid = metrics.fidelity(feats["train"], feats["test"], feats["synthetic"], cfg.k, cfg.seed)
+    fid = fidelity(feats["train"], feats["test"], feats["synthetic"], cfg.k, cfg.seed, cfg.fidelity)
     if cfg.inception_weights:
-        fid["inception_fid"] = metrics.inception_fid(
+        fid["inception_fid"] = inception_fid(
             Path(cfg.inception_weights), exp.train.images, exp.test.images, exp.synthetic
         )
     held_images = np.concatenate([exp.val.images, exp.test.images])
     held_feats = np.concatenate([feats["val"], feats["test"]])
-    mem = metrics.memorisation(
+    mem = memorisation(
         (exp.synthetic, feats["synthetic"]),
         (exp.train.images, feats["train"]),
         (held_images, held_feats),
@@ -251,13 +244,13 @@ def run(
     summary = summarise(exp, cfg, gain, fid, mem, fraction)
     with atomic_dir(out) as tmp:
         write_outputs(tmp, summary, exp, gain, fid, mem, training_logs, model)
-    _print_table(console, gain)
     if mem.copy_rate > cfg.memorisation_threshold:
-        raise AugmentError(
+        raise MemorisationError(
+            summary,
             f"memorisation check failed: {mem.copy_rate:.1%} of synthetic slices are closer to a "
             f"training slice than {cfg.copy_quantile:.0%} of held-out real slices come "
             f"(threshold evaluate.memorisation_threshold = {cfg.memorisation_threshold:.1%}); "
-            f"see the gallery in {out / 'report.html'}"
+            f"see the gallery in {out / 'report.html'}",
         )
     return summary
 
@@ -267,7 +260,7 @@ def summarise(
     cfg: EvaluateConfig,
     gain: GainResult,
     fid: dict,
-    mem: metrics.Memorisation,
+    mem: Memorisation,
     fraction: float | None,
 ) -> dict[str, Any]:
     """The flat-ish dictionary of ``metrics.json``."""
@@ -298,7 +291,7 @@ def summarise(
         "n_test_slices": int(len(exp.test.labels)),
         "n_synthetic_used": gain.n_synthetic,
         "intervals_assessable": bool(
-            metrics.bootstrap_assessable(exp.test.labels, exp.test.patients, len(exp.class_names))
+            stats.bootstrap_assessable(exp.test.labels, exp.test.patients, len(exp.class_names))
         ),
         "arms": arms,
         "gain": gains,
@@ -319,29 +312,19 @@ def verdict(gain: GainResult) -> bool:
                 and gain.gains[key]["auc"].value > 0)  # fmt: skip
 
 
-def _print_table(console: Console, gain: GainResult) -> None:
-    table = Table(title="Test AUC per arm (mean over seeds, 95% CI over test patients)")
-    for col in ("arm", "AUC", "95% CI", "balanced acc."):
+def summary_table(summary: dict[str, Any], out: Path | str = "reports") -> Table:
+    """A rich table of a run's headline figures, for the command line."""
+    table = Table(title=f"augment evaluate: test patients {summary['n_test_patients']}")
+    for col in ("arm", "AUC (mean over seeds)", "sd over seeds", "gain vs real [95% CI]"):
         table.add_column(col)
-    for arm in gain.arms:
-        ci = gain.arm_ci[arm]["auc"]
-        bal = gain.arm_ci[arm]["balanced_accuracy"].value
-        table.add_row(arm, f"{ci.value:.3f}", f"[{ci.low:.3f}, {ci.high:.3f}]", f"{bal:.3f}")
-    console.print(table)
-
-
-def write_json(path: Path, value: Any) -> None:
-    """JSON with NaN written as null (dvc and browsers reject NaN)."""
-    path.write_text(json.dumps(_clean(value), indent=2) + "\n")
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    for arm, values in summary["arms"].items():
+        g = summary["gain"].get(f"{arm}_vs_real")
+        gain = f"{g['auc']:+.3f} [{g['auc_low']:.3f}, {g['auc_high']:.3f}]" if g else ""
+        table.add_row(arm, f"{values['auc']:.3f}", f"{values['auc_std']:.3f}", gain)
+    mem = summary["memorisation"]
+    gate = "passed" if mem["passed"] else "FAILED"
+    table.caption = (
+        f"memorisation check {gate} (copy rate {mem['copy_rate']:.1%}); "
+        f"synthetic data helps: {summary['synthetic_helps']}; report: {Path(out) / 'report.html'}"
+    )
+    return table

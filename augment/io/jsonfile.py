@@ -1,10 +1,12 @@
-"""Reading a JSON file that a stage expects, with a named error when it is not valid JSON."""
+"""JSON files of the stages: reading with a named error, writing with NaN as null."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def load_json(path: Path, error: type[Exception]) -> Any:
@@ -22,3 +24,20 @@ def load_json(path: Path, error: type[Exception]) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{path}: not valid JSON ({exc})") from exc
+
+
+def write_json(path: Path, value: Any) -> None:
+    """JSON with NaN written as null (dvc and browsers reject NaN)."""
+    path.write_text(json.dumps(_clean(value), indent=2) + "\n")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -13,30 +13,8 @@ smooth texture, blurred (partial volume) and noised. Array order is (Z, Y, X): z
 (index 0) to superior, y from anterior to posterior, x from the patient's right to left, which
 is DICOM's LPS with ImageOrientationPatient (1, 0, 0, 0, 1, 0).
 
-Outputs (written by :func:`make_phantoms`, atomically): ``dicom/<series>/<sop uid>.dcm``,
-``nifti/imagesTr|labelsTr/<case>.nii.gz`` with ``nifti/dataset.json`` (Medical Segmentation
-Decathlon layout) and ``labels.csv`` (patient, class).
+Outputs (written by :func:`augment.phantoms.stage.make_phantoms`, atomically):
+``dicom/<series>/<sop uid>.dcm``, ``nifti/imagesTr|labelsTr/<case>.nii.gz`` with
+``nifti/dataset.json`` (Medical Segmentation Decathlon layout) and ``labels.csv`` (patient,
+class).
 """
-
-from augment.phantoms.generate import Phantom, generate_phantom, lesion_patients, patient_id
-from augment.phantoms.tissue import Tissue
-from augment.phantoms.writers import (
-    make_phantoms,
-    nifti_affine,
-    summary_table,
-    write_dicom_series,
-    write_nifti,
-)
-
-__all__ = [
-    "Phantom",
-    "Tissue",
-    "generate_phantom",
-    "lesion_patients",
-    "make_phantoms",
-    "nifti_affine",
-    "patient_id",
-    "summary_table",
-    "write_dicom_series",
-    "write_nifti",
-]

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +12,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
-from rich.progress import Progress
-from rich.table import Table
 
 from augment.config import PhantomsConfig
-from augment.io.atomic import atomic_dir
 from augment.io.dicom import part10_dataset
 from augment.phantoms.generate import (
     Phantom,
-    generate_phantom,
-    lesion_patients,
 )
 from augment.phantoms.tissue import (
     INSTITUTION,
@@ -44,7 +36,7 @@ def nifti_affine(ph: Phantom) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def write_nifti(ph: Phantom, root: Path) -> tuple[Path, Path]:
+def write_nifti_case(ph: Phantom, root: Path) -> tuple[Path, Path]:
     """Write ``imagesTr/<case>.nii.gz`` (int16 HU) and ``labelsTr/<case>.nii.gz`` (uint8).
 
     Both carry the same affine, with qform and sform codes set to scanner (1).
@@ -69,7 +61,7 @@ def write_nifti(ph: Phantom, root: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def _dataset_json(cases: list[str], cfg: PhantomsConfig) -> dict[str, Any]:
+def dataset_json(cases: list[str], cfg: PhantomsConfig) -> dict[str, Any]:
     return {
         "name": "AugmentPhantoms",
         "description": "Synthetic CT-like abdominal phantoms with lesion masks (augment demo).",
@@ -168,69 +160,3 @@ def write_dicom_series(ph: Phantom, root: Path, seed: int) -> Path:
         ds = _slice_dataset(ph, ident, k, seed)
         ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
     return folder
-
-
-# --------------------------------------------------------------------------------------------
-# The stage
-# --------------------------------------------------------------------------------------------
-
-
-def make_phantoms(cfg: PhantomsConfig, out: Path) -> dict[str, Any]:
-    """Generate the demo data set and write it atomically to ``out``.
-
-    Args:
-        cfg: the phantom parameters.
-        out: the output directory; replaced whole when the run succeeds.
-
-    Returns:
-        A summary: output path, patients, lesion/normal counts, lesions, formats, shape
-        (Z, Y, X), spacing (z, y, x) in mm, files written and seconds taken.
-    """
-    start = time.perf_counter()
-    out = Path(out)
-    sick = lesion_patients(cfg)
-    rows: list[tuple[str, str]] = []
-    n_lesions = 0
-    with atomic_dir(out) as tmp, Progress(transient=True) as progress:
-        task = progress.add_task("phantoms", total=cfg.patients)
-        for i in range(cfg.patients):
-            ph = generate_phantom(cfg, i, lesion=i in sick)
-            if "dicom" in cfg.formats:
-                write_dicom_series(ph, tmp / "dicom", cfg.seed)
-            if "nifti" in cfg.formats:
-                write_nifti(ph, tmp / "nifti")
-            rows.append((ph.patient, ph.label))
-            n_lesions += len(ph.lesions)
-            progress.advance(task)
-        if "nifti" in cfg.formats:
-            doc = _dataset_json([p for p, _ in rows], cfg)
-            (tmp / "nifti" / "dataset.json").write_text(json.dumps(doc, indent=2) + "\n")
-        with open(tmp / "labels.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["patient", "class"])
-            writer.writerows(rows)
-        files = sum(1 for p in tmp.rglob("*") if p.is_file())
-    n_sick = sum(1 for _, c in rows if c == "lesion")
-    return {
-        "out": str(out),
-        "patients": cfg.patients,
-        "lesion_patients": n_sick,
-        "normal_patients": cfg.patients - n_sick,
-        "lesions": n_lesions,
-        "formats": list(cfg.formats),
-        "shape": [cfg.slices, cfg.size, cfg.size],
-        "spacing_mm": [cfg.slice_thickness, cfg.pixel_spacing, cfg.pixel_spacing],
-        "files": files,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-
-
-def summary_table(summary: dict[str, Any]) -> Table:
-    """A rich table of :func:`make_phantoms`'s summary, for the command line."""
-    table = Table(title="augment phantoms", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    for key, value in summary.items():
-        text = " x ".join(map(str, value)) if isinstance(value, list) else str(value)
-        table.add_row(key.replace("_", " "), text)
-    return table

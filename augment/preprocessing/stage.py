@@ -2,14 +2,15 @@
 
 Layered as nnU-Net's preprocessing is: array functions free of I/O and one volume's processing
 (:mod:`augment.preprocessing.arrays`), jobs that read and process one volume in a worker
-(:mod:`augment.preprocessing.workers`), then the loop over the data set (:func:`preprocess`), which streams
-the volumes through a spool on disk into the :class:`~augment.contracts.slice_store.SliceStoreWriter`, so
-memory stays bounded by a few volumes.
+(:mod:`augment.preprocessing.workers`), then the loop over the data set (:func:`preprocess`),
+which streams the volumes through a spool on disk into the
+:class:`~augment.contracts.slice_store.SliceStoreWriter`, so memory stays bounded by a few
+volumes.
 
-Privacy: patients are named by keyed pseudonyms (:mod:`augment.preprocessing.privacy`); the ``source`` column
-is ``"<pseudonym>/series-<n>"`` (n counts the patient's volumes in input order), and skipped files
-are named by a keyed token of their path, never by the path, so no folder or file name (which
-often carries a name or an id) reaches an output or a log line.
+Privacy: patients are named by keyed pseudonyms (:mod:`augment.preprocessing.privacy`); the
+``source`` column is ``"<pseudonym>/series-<n>"`` (n counts the patient's volumes in input
+order), and skipped files are named by a keyed token of their path, never by the path, so no
+folder or file name (which often carries a name or an id) reaches an output or a log line.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -107,7 +107,6 @@ def preprocess(
             meta = _write_store(cfg, out, run, spooled, classes, window)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
-    Console().print(summary_table(meta))
     return meta
 
 

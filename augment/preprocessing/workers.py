@@ -1,7 +1,8 @@
 """Preprocessing jobs: read one volume and process it, in worker processes.
 
 One :class:`Job` per DICOM series or NIfTI case, with its pseudonymised names; a worker reads
-the volume (:mod:`augment.preprocessing.readers.dicom`, :mod:`augment.preprocessing.readers.nifti`) and runs
+the volume (:mod:`augment.preprocessing.readers.dicom`,
+:mod:`augment.preprocessing.readers.nifti`) and runs
 :func:`augment.preprocessing.arrays.process_volume` on it, returning an :class:`Outcome`.
 """
 

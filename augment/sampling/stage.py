@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from augment.config import SampleConfig
 from augment.contracts.model_dir import ModelInfo, load_generator
@@ -148,3 +149,18 @@ def _write_meta(run: SampleRun, counts: np.ndarray, real: RealSet | None) -> Non
         "synthetic": True,
     }
     (run.root / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """A rich table of a run's summary, for the command line."""
+    title = (
+        f"augment sample: {summary['n']} synthetic slices ({summary['format']}) in {summary['out']}"
+    )
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("slices", justify="right")
+    for name, count in summary["counts"].items():
+        table.add_row(name, str(count))
+    if summary["real_cases"]:
+        table.add_row("real cases merged", str(summary["real_cases"]))
+    return table

@@ -12,7 +12,6 @@ guard), ``checkpoint``, ``pictures`` and ``ddp``.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from rich.table import Table
 
 from augment.config import TrainConfig
 from augment.contracts.model_dir import CHECKPOINT_FILE
@@ -155,17 +155,12 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, dd: DistIn
     return run.loop(batches(data, cfg, device, data_rng), resume)
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    """Print a run's summary as a rich table on stderr (the first process only)."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    from rich.console import Console
-    from rich.table import Table
-
+def summary_table(summary: dict[str, Any]) -> Table:
+    """A rich table of a run's summary, for the command line."""
     table = Table(title=f"trained {summary['steps']} steps -> {summary['model_dir']}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key in (*METRICS, "images_per_s", "world_size"):
         value = summary[key]
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    Console(stderr=True).print(table)
+    return table

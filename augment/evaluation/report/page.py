@@ -1,0 +1,162 @@
+"""The report page: tables of the gain experiment and fidelity, the verdict, the HTML."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+from augment.evaluation.experiment import ExperimentData, GainResult
+from augment.evaluation.fidelity import FIDELITY
+from augment.evaluation.memorisation import Memorisation
+from augment.evaluation.report.figures import curves_figure, grids, memorisation_figures, roc_figure
+from augment.evaluation.stats import Interval
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _ci(ci: Interval, digits: int = 3, sign: bool = False) -> str:
+    value = f"{ci.value:+.{digits}f}" if sign else _fmt(ci.value, digits)
+    return f"{value} [{_fmt(ci.low, digits)}, {_fmt(ci.high, digits)}]"
+
+
+def gain_table(gain: GainResult) -> str:
+    """Per-arm metrics and the paired gains, as HTML tables."""
+    head = "".join(f"<th>{m.replace('_', ' ')}</th>" for m in gain.metrics)
+    rows = []
+    for arm in gain.arms:
+        cells = "".join(
+            f"<td>{_ci(gain.arm_ci[arm][m])}<br><small>sd {np.std(gain.per_seed[arm][m]):.3f}"
+            "</small></td>"
+            for m in gain.metrics
+        )
+        rows.append(f"<tr><th>{arm}</th>{cells}</tr>")
+    arms = f"<table><tr><th>arm</th>{head}</tr>{''.join(rows)}</table>"
+    rows = []
+    for name, g in gain.gains.items():
+        cells = "".join(
+            f"<td class='{'sig' if g[m].significant else ''}'>{_ci(g[m], sign=True)}"
+            f"{' *' if g[m].significant else ''}</td>"
+            for m in gain.metrics
+        )
+        rows.append(f"<tr><th>{name.replace('_vs_', ' vs ')}</th>{cells}</tr>")
+    gains = f"<table><tr><th>gain</th>{head}</tr>{''.join(rows)}</table>"
+    return arms + "<h3>Gains (paired by seed)</h3>" + gains
+
+
+def fidelity_table(fid: dict[str, dict[str, float]]) -> str:
+    """Each measure for synthetic vs real-train next to real-test vs real-train."""
+    rows = []
+    rows_of = [row for name in FIDELITY.names() for row in FIDELITY.get(name).rows]
+    for key, label, hint in [r for r in rows_of if r[0] in fid["synthetic"]]:
+        syn, base = fid["synthetic"][key], fid["baseline"][key]
+        rows.append(
+            f"<tr><th>{label}</th><td>{_fmt(syn, 4)}</td><td>{_fmt(base, 4)}</td>"
+            f"<td>{hint}</td></tr>"
+        )
+    note = ""
+    if fid["baseline"]["coverage"] < 0.5:
+        # Seen on the demo: the k nearest neighbours of a training slice are the adjacent slices
+        # of the same patient, so the k-NN balls are too small to hold another patient's slices.
+        note = (
+            "<p><small>The baseline's precision, recall, density and coverage are themselves "
+            "low: the nearest neighbours of a training slice are neighbouring slices of the same "
+            "patient, so even new real patients fall outside the k-NN balls. On this data read "
+            "those four only against their baseline; FID and KID are the clearer "
+            "measures.</small></p>"
+        )
+    if "inception_fid" in fid:
+        inc = fid["inception_fid"]
+        rows.append(
+            f"<tr><th>Inception FID</th><td>{_fmt(inc['synthetic'], 3)}</td>"
+            f"<td>{_fmt(inc['baseline'], 3)}</td><td>standard FID, local weights</td></tr>"
+        )
+    return (
+        "<table><tr><th>measure</th><th>synthetic vs real-train</th>"
+        "<th>baseline: real-test vs real-train</th><th>reading</th></tr>"
+        f"{''.join(rows)}</table>{note}"
+    )
+
+
+def verdict_text(summary: dict[str, Any], gain: GainResult) -> str:
+    """A plain-language answer to "does the synthetic data help?"."""
+    g = gain.gains.get("real_synthetic_vs_real", {}).get("auc")
+    if g is None:
+        return "The synthetic arms could not be run (see the note below)."
+    effect = f"{g.value:+.3f} AUC (95% CI {_fmt(g.low)} to {_fmt(g.high)})"
+    if not g.assessable:
+        return (
+            f"Cannot tell whether the synthetic slices help: {effect} over real data only, but "
+            f"the test split ({summary['n_test_patients']} patients) is too small for the "
+            "interval to mean anything, so no difference is called significant."
+        )
+    if g.significant and g.value > 0:
+        return f"Adding synthetic slices helped: {effect} over real data only."
+    if g.significant:
+        return f"Adding synthetic slices made the classifier worse: {effect}."
+    return (
+        f"No evidence that the synthetic slices help: {effect} over real data only; the "
+        f"interval includes 0 (test set of {summary['n_test_patients']} patients)."
+    )
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;max-width:1150px;color:#222}
+table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 8px;
+font-size:13px;text-align:left}td.sig{background:#e4f4e4}.verdict{font-size:17px;padding:10px;
+background:#f4f4f8;border-left:4px solid #446}.fail{border-left-color:#b00;background:#fbeaea}
+.side{display:flex;gap:16px;flex-wrap:wrap}img{max-width:100%}small{color:#666}
+"""
+
+
+def render_html(
+    summary: dict[str, Any],
+    exp: ExperimentData,
+    gain: GainResult,
+    fid: dict[str, dict[str, float]],
+    mem: Memorisation,
+    logs: dict[str, list[tuple[float, float]]],
+) -> str:
+    """The whole report as one HTML string with embedded PNGs."""
+    real_png, syn_png = grids(exp)
+    m = summary["memorisation"]
+    gate = "passed" if m["passed"] else "FAILED"
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in gain.notes)
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>augment evaluation</title>",
+        f"<style>{_CSS}</style></head><body><h1>Does the synthetic data help?</h1>",
+        f"<p class='verdict'>{html.escape(verdict_text(summary, gain))}</p>",
+        f"<p class='verdict {'' if m['passed'] else 'fail'}'>Memorisation check {gate}: "
+        f"copy rate {m['copy_rate']:.1%} (threshold {m['threshold']:.1%}).</p>",
+        f"<p>Classifier <b>{summary['classifier']}</b>, {summary['seeds']} seed(s) per arm; "
+        f"{summary['n_train_patients']} training patients ({summary['n_train_slices']} slices, "
+        f"the GAN's), {summary['n_synthetic_used']} synthetic slices in the synthetic arms; "
+        f"test: {summary['n_test_patients']} patients ({summary['n_test_slices']} slices). "
+        "Best epoch chosen on val; all numbers below are on the test split, with 95% intervals "
+        "from a bootstrap over test patients. * = interval excludes 0.</p>",
+        notes,
+        "<h2>Real and synthetic slices</h2>",
+        f"<div class='side'><div>{real_png}</div><div>{syn_png}</div></div>",
+        "<h2>Gain experiment</h2>",
+        gain_table(gain),
+        roc_figure(gain),
+        "<h2>Fidelity and diversity</h2>",
+        "<p>Features: a fixed, seeded random convolutional network (no download; the same "
+        "yardstick in every run). The synthetic set is subsampled to the test set's size so "
+        "that both columns use equal numbers.</p>",
+        fidelity_table(fid),
+        "<h2>Memorisation</h2>",
+        f"<p>For each synthetic slice, its most correlated training slice (pixel correlation "
+        f"after 2 x 2 averaging). A synthetic slice counts as a copy when it is closer than "
+        f"{mem.quantile:.0%} of held-out real slices (patients the GAN never saw) come: "
+        f"correlation above {mem.corr_threshold:.3f}. Copy rate {mem.copy_rate:.1%}; by "
+        f"feature distance {mem.copy_rate_features:.1%}.</p>",
+        memorisation_figures(exp, mem),
+        "<h2>Training curves</h2>",
+        curves_figure(logs, gain),
+        "</body></html>",
+    ]
+    return "\n".join(parts)

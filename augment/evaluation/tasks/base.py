@@ -1,0 +1,61 @@
+"""What every evaluation task provides to the gain experiment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from augment.config import EvaluateConfig
+
+if TYPE_CHECKING:
+    from augment.evaluation.experiment import Split
+
+
+class Task(Protocol):
+    """A downstream model: trained per arm and seed, scored on the test patients.
+
+    Attributes:
+        metrics: the names :meth:`score` returns; the first is the headline (verdicts, plots).
+    """
+
+    metrics: ClassVar[tuple[str, ...]]
+
+    def train(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        val: Split,
+        n_classes: int,
+        cfg: EvaluateConfig,
+        seed: int,
+        classic: bool,
+        device: torch.device,
+        steps_per_epoch: int | None = None,
+    ) -> tuple[torch.nn.Module, list[float]]:
+        """Train one arm's model for one seed; return it and its validation curve."""
+        ...
+
+    def predict(
+        self, model: torch.nn.Module, images: np.ndarray, device: torch.device
+    ) -> np.ndarray:
+        """Test predictions of a trained model, in the form :meth:`score` takes."""
+        ...
+
+    def score(
+        self, y: np.ndarray, pred: np.ndarray, weights: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Each metric for one or many weightings of the samples: name -> (B,) values."""
+        ...
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless batches of indices: successive permutations, cut into batches of >= 2."""
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            if len(idx) >= 2:  # batch norm needs two samples
+                yield idx
