@@ -42,6 +42,7 @@ test-gpu: setup
 lint: setup
 	$(BIN)/ruff check augment tests benchmarks
 	$(BIN)/ruff format --check augment tests benchmarks
+	$(BIN)/mypy
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

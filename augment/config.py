@@ -28,6 +28,17 @@ from augment.registry import Registry
 from augment.sampling.formats import FORMATS
 from augment.training.losses import LOSSES
 
+InputFormat = Literal["dicom", "nifti"]
+DiffAugPolicy = Literal["translation", "cutout", "color"]
+
+
+def _default_formats() -> list[InputFormat]:
+    return ["dicom", "nifti"]
+
+
+def _default_diffaug() -> list[DiffAugPolicy]:
+    return ["translation"]
+
 
 def registered(registry: Registry[Any]) -> AfterValidator:
     """A pydantic validator admitting exactly the names of ``registry``."""
@@ -52,9 +63,7 @@ class PhantomsConfig(_Section):
     slice_thickness: float = Field(5.0, gt=0, le=20, description="slice spacing (mm)")
     prevalence: float = Field(0.5, ge=0, le=1, description="fraction of patients with lesions")
     noise_hu: float = Field(12.0, ge=0, le=200, description="std of the image noise (HU)")
-    formats: list[Literal["dicom", "nifti"]] = Field(
-        default_factory=lambda: ["dicom", "nifti"], min_length=1
-    )
+    formats: list[InputFormat] = Field(default_factory=_default_formats, min_length=1)
     seed: int = Field(0, ge=0)
 
 
@@ -141,8 +150,8 @@ class TrainConfig(_Section):
         False, description="D sees G's masks as straight-through one-hot (else tanh scores)"
     )
     mask_weight: float = Field(0.25, gt=0, le=1, description="scale of mask channels D sees")
-    diffaug: list[Literal["translation", "cutout", "color"]] = Field(
-        default_factory=lambda: ["translation"],
+    diffaug: list[DiffAugPolicy] = Field(
+        default_factory=_default_diffaug,
         description="DiffAugment policies; translation keeps a small-data GAN off its training set",
     )
     ema_decay: float = Field(0.999, ge=0, lt=1)

@@ -66,8 +66,8 @@ def build_classifier(name: str, n_classes: int, in_channels: int = 1) -> nn.Modu
     if name == "resnet18":
         return ResNet(
             block="basic",
-            layers=(2, 2, 2, 2),
-            block_inplanes=(64, 128, 256, 512),
+            layers=[2, 2, 2, 2],
+            block_inplanes=[64, 128, 256, 512],
             spatial_dims=2,
             n_input_channels=in_channels,
             num_classes=n_classes,

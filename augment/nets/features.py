@@ -45,7 +45,8 @@ class RandomFeatures(nn.Module):
             std = (2.0 / (cin * 9)) ** 0.5
             with torch.no_grad():
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * std)
-                conv.bias.zero_()
+                if conv.bias is not None:  # always: the conv is built with a bias
+                    conv.bias.zero_()
             self.convs.append(conv)
         self.num_features = 2 * sum(chans[1:])
         self.requires_grad_(False)

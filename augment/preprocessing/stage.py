@@ -16,6 +16,7 @@ folder or file name (which often carries a name or an id) reaches an output or a
 from __future__ import annotations
 
 import csv
+import functools
 import shutil
 import tempfile
 from collections import Counter
@@ -151,7 +152,7 @@ def _discover(inputs: list[Path], cfg: PreprocessConfig, key: bytes, map_fn: Map
             raise InputError(f"{root}: expected an input folder or file, got no such path")
         fmt = cfg.format if cfg.format != "auto" else _claimant(root)
         found_here = READERS.get(fmt)().discover(
-            root, cfg, lambda p, r=root: file_token(p, r, key), map_fn
+            root, cfg, functools.partial(file_token, root=root, key=key), map_fn
         )
         for name, reason in found_here.skipped:
             _skip(run, cfg, name, reason)

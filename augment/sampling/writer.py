@@ -97,7 +97,7 @@ class _Writers:
                 part_masks = None if masks is None else masks[part]
                 args = (self.run, self.fmt, idx[part], images[part], part_masks, classes[part])
                 fut = self.pool.submit(_write_cases, *args)
-                fut.add_done_callback(lambda _, k=len(part): done(k))
+                fut.add_done_callback(_reporting(done, len(part)))
                 self.pending.append(fut)
         while len(self.pending) > 4 * _workers():  # bound the batches held in memory
             self.pending.popleft().result()
@@ -130,6 +130,11 @@ def _rows(
         trunc = "" if run.cfg.truncation is None else run.cfg.truncation
         rows.append([case, image, label, cls, name, run.cfg.seed, i, trunc, run.info.checksum])
     return rows
+
+
+def _reporting(done: Callable[[int], object], k: int) -> Callable[[Future[Any]], object]:
+    """A done-callback that reports ``k`` samples written (k bound now, not when it runs)."""
+    return lambda _fut: done(k)
 
 
 def _write_cases(

@@ -25,7 +25,10 @@ RESUMABLE_CHANGES = frozenset(
 
 def rng_state(data_rng: torch.Generator) -> dict[str, Any]:
     """Every RNG the run draws from, as tensors and lists (loadable with weights_only)."""
-    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    numpy_state = np.random.get_state(legacy=True)
+    if not isinstance(numpy_state, tuple):  # a dict only if the global RNG is not MT19937
+        raise RuntimeError("expected numpy's global RNG to be MT19937, got another bit generator")
+    keys, pos, has_gauss, cached = numpy_state[1:]
     version, py_state, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

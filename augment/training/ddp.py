@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+M = TypeVar("M", bound=nn.Module)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -48,35 +50,50 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         mean = total[:c] / n  # (C,)
         var = (total[c : 2 * c] / n - mean.pow(2)).clamp_min(0)  # (C,) biased
         if self.track_running_stats:
+            tracked = self.num_batches_tracked
+            run_mean, run_var = self.running_mean, self.running_var
+            if tracked is None or run_mean is None or run_var is None:
+                raise RuntimeError("track_running_stats is set, but the running buffers are None")
             with torch.no_grad():
-                self.num_batches_tracked += 1
-                f = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked
-                self.running_mean.lerp_(mean.detach(), float(f))
-                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), float(f))
+                tracked += 1  # in place: the buffer itself
+                f = self.momentum if self.momentum is not None else 1 / tracked
+                run_mean.lerp_(mean.detach(), float(f))
+                run_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), float(f))
         out = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return out
 
 
-def _swap_batchnorm(module: nn.Module, kind: type[nn.Module], match: tuple[type, ...]) -> nn.Module:
+def _swap_batchnorm(module: M, kind: type[nn.Module], match: tuple[type, ...]) -> M:
+    """Replace, in place, the batch norms of ``module`` (at any depth) of a type in ``match``."""
     for name, child in module.named_children():
         if isinstance(child, match) and type(child) is not kind:
             bn = kind(child.num_features, child.eps, child.momentum, child.affine)
             bn.load_state_dict(child.state_dict())
-            setattr(module, name, bn.to(child.running_mean.device))
+            running_mean = child.running_mean
+            if not isinstance(running_mean, Tensor):
+                raise TypeError(
+                    f"{name}: a batch norm without running statistics cannot be swapped"
+                )
+            setattr(module, name, bn.to(running_mean.device))
         else:
             _swap_batchnorm(child, kind, match)
     return module
 
 
-def sync_batchnorm(module: nn.Module, cuda: bool) -> nn.Module:
+def sync_batchnorm(module: M, cuda: bool) -> M:
+    """The batch norms of ``module`` (at any depth) synchronised over processes, in place."""
     if cuda:
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        # What convert_sync_batchnorm(module) does for a module that is no batch norm itself,
+        # keeping the module (and its type) rather than returning a plain nn.Module.
+        for name, child in module.named_children():
+            module.add_module(name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        return module
     return _swap_batchnorm(module, GlooSyncBatchNorm, (nn.BatchNorm2d,))
 
 
-def plain_batchnorm(module: nn.Module) -> nn.Module:
+def plain_batchnorm(module: M) -> M:
     """Synchronised batch norms -> BatchNorm2d (recalibration runs in one process)."""
     return _swap_batchnorm(module, nn.BatchNorm2d, (nn.SyncBatchNorm, GlooSyncBatchNorm))
 

@@ -13,7 +13,7 @@ image channels only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,4 +78,8 @@ def _cutout(x: Tensor, _: int, ratio: float = 0.5) -> Tensor:
     return x * (~inside)[:, None].to(x.dtype)  # zero out one square per sample
 
 
-_OPS = {"translation": _translation, "cutout": _cutout, "color": _color}
+_OPS: dict[str, Callable[[Tensor, int], Tensor]] = {
+    "translation": _translation,
+    "cutout": _cutout,
+    "color": _color,
+}

@@ -115,7 +115,7 @@ class TrainingRun:
         rng = rng_state(self.data_rng)
         rngs = [rng]
         if self.dd.world > 1:
-            rngs = [None] * self.dd.world
+            rngs = [rng] * self.dd.world  # placeholders: the gather overwrites every entry
             dist.all_gather_object(rngs, rng)
         if not ok or not self.dd.main:
             return
@@ -168,7 +168,11 @@ class TrainingRun:
         from scmrepo.exceptions import SCMError
 
         # dvcyaml=None: the pipeline's own dvc.yaml declares the plots (live/plots/metrics).
-        kwargs = {"dir": str(self.out / "live"), "resume": resumed, "save_dvc_exp": False}
+        kwargs: dict[str, Any] = {
+            "dir": str(self.out / "live"),
+            "resume": resumed,
+            "save_dvc_exp": False,
+        }
         try:
             return Live(**kwargs, dvcyaml=None)
         except SCMError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,13 @@ from augment.training.losses import LOSSES
 from augment.training.losses.base import GANLoss
 
 BN_BATCHES = 16  # passes of 64 noise vectors that recalibrate the EMA G's batch norm
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def _to(module: M, device: torch.device | None, memory_format: torch.memory_format) -> M:
+    """``module.to(device, memory_format=...)``: documented, but not in torch's overloads."""
+    return module.to(device, memory_format=memory_format)  # type: ignore[call-overload]
 
 
 class Trainer:
@@ -42,15 +49,18 @@ class Trainer:
         g, d = Generator(spec), Discriminator(spec)
         if distributed:  # batch statistics over all processes, not per process
             g, d = sync_batchnorm(g, self.cuda), sync_batchnorm(d, self.cuda)
-        self.g = g.to(device, memory_format=fmt)
-        self.d = d.to(device, memory_format=fmt)
+        self.g = _to(g, device, fmt)
+        self.d = _to(d, device, fmt)
         self.distributed = distributed
+        # What a step calls: G and D themselves, or their DDP wrappers (and compiled).
+        self.g_run: Callable[..., Tensor] = self.g
+        self.d_run: Callable[..., Tensor] = self.d
+        self.d_ddp: nn.parallel.DistributedDataParallel | None = None  # for no_sync()
         if distributed:
             ids = [device.index] if self.cuda else None
-            self.g_run: nn.Module = nn.parallel.DistributedDataParallel(self.g, device_ids=ids)
-            self.d_run: nn.Module = nn.parallel.DistributedDataParallel(self.d, device_ids=ids)
-        else:
-            self.g_run, self.d_run = self.g, self.d
+            self.g_run = nn.parallel.DistributedDataParallel(self.g, device_ids=ids)
+            self.d_ddp = nn.parallel.DistributedDataParallel(self.d, device_ids=ids)
+            self.d_run = self.d_ddp
         if cfg.compile:
             self.g_run, self.d_run = torch.compile(self.g_run), torch.compile(self.d_run)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
@@ -58,7 +68,10 @@ class Trainer:
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=betas, **opt)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=betas, **opt)
-        self._ema_pairs = (list(self.g_ema.parameters()), list(self.g.parameters()))
+        self._ema_pairs: tuple[list[Tensor], list[Tensor]] = (
+            list(self.g_ema.parameters()),
+            list(self.g.parameters()),
+        )
         self._buf_pairs = list(zip(self.g_ema.buffers(), self.g.buffers(), strict=True))
         # Separate real and fake batches through a batch-norm D, as the plain DCGAN does;
         # otherwise one concatenated pass (the same numbers, one launch, one DDP forward).
@@ -148,7 +161,7 @@ class Trainer:
         # G step: D's weights get no gradient (saves a third of D's backward), and under DDP
         # D's gradients are not all-reduced.
         self.d.requires_grad_(False)
-        sync = self.d_run.no_sync() if self.distributed else contextlib.nullcontext()
+        sync = self.d_ddp.no_sync() if self.d_ddp is not None else contextlib.nullcontext()
         with sync, self._autocast():
             loss_g = self.loss.generator(self.d_run(self._aug(fake), self._y(y)).float())
         self.opt_g.zero_grad(set_to_none=True)
@@ -171,7 +184,7 @@ class Trainer:
     def sampling_generator(self, class_probs: Tensor | None = None) -> Generator:
         """A copy of the EMA generator whose eval mode gives what training shows."""
         g = plain_batchnorm(copy.deepcopy(self.g_ema))
-        g = g.to(memory_format=torch.contiguous_format)
+        g = _to(g, None, torch.contiguous_format)
         recalibrate_batchnorm(g, BN_BATCHES, 64, seed=self.cfg.seed, class_probs=class_probs)
         return g.eval()
 

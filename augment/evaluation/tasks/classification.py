@@ -191,6 +191,11 @@ def train_classifier(
         curve.append(score)
         if score > best:
             best, best_state = score, copy.deepcopy(model.state_dict())
+    if best_state is None:
+        raise RuntimeError(
+            f"expected an epoch with a val score above -inf to keep, got scores {curve} "
+            f"over {cfg.epochs} epochs"
+        )
     model.load_state_dict(best_state)
     return model.eval(), curve
 

@@ -193,6 +193,7 @@ def _file_info(path: Path, ds: Dataset) -> FileInfo:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
         signed = int(ds.get("PixelRepresentation", 0)) == 1
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
         raw = ds.get_item(0x7FE00010, keep_deferred=True)
         offset = getattr(raw, "value_tell", None) if getattr(raw, "value", 0) is None else None
         plain = (
@@ -211,7 +212,7 @@ def _file_info(path: Path, ds: Dataset) -> FileInfo:
             shape=(rows, cols),
             slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
             intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
-            position=tuple(float(v) for v in ds.ImagePositionPatient),
+            position=(x, y, z),
             geometry=_geometry(ds.ImageOrientationPatient, ds.get("PixelSpacing"), ds),
             modality=str(ds.get("Modality", "OT") or "OT"),
             monochrome1=str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1",
@@ -376,7 +377,7 @@ def _enhanced_frames(
         pos = _group(group, shared, "PlanePositionSequence", name)
         ori = _group(group, shared, "PlaneOrientationSequence", name)
         measures = _group(group, shared, "PixelMeasuresSequence", name)
-        rescale = _group(group, shared, "PixelValueTransformationSequence", None)
+        rescale = _optional_group(group, shared, "PixelValueTransformationSequence")
         slope = float(rescale.get("RescaleSlope", 1.0)) if rescale is not None else 1.0
         intercept = float(rescale.get("RescaleIntercept", 0.0)) if rescale is not None else 0.0
         values = pixels[f].astype(np.float32) * slope + intercept
@@ -390,14 +391,20 @@ def _enhanced_frames(
     return frames, geometry.pop()
 
 
-def _group(group: Dataset, shared: Dataset, keyword: str, name: str | None) -> Dataset | None:
+def _group(group: Dataset, shared: Dataset, keyword: str, name: str) -> Dataset:
+    found = _optional_group(group, shared, keyword)
+    if found is None:
+        raise InputError(f"{name}: expected {keyword} in a multi-frame file, got none")
+    return found
+
+
+def _optional_group(group: Dataset, shared: Dataset, keyword: str) -> Dataset | None:
+    """The frame's functional group ``keyword``, else the shared one, else None."""
     for source in (group, shared):
         seq = source.get(keyword)
         if seq:
             return seq[0]
-    if name is None:
-        return None
-    raise InputError(f"{name}: expected {keyword} in a multi-frame file, got none")
+    return None
 
 
 def _assemble(

@@ -239,9 +239,12 @@ def read_nifti(
 
 def _load(path: Path, name: str) -> nib.Nifti1Image:
     try:
-        return nib.load(path)
+        img = nib.load(path)
     except _READ_ERRORS as exc:
         raise InputError(f"{name}: not a readable NIfTI file ({_scrub(exc, path, name)})") from exc
+    if not isinstance(img, nib.Nifti1Image):  # NIfTI-2 images are Nifti1Image subclasses
+        raise InputError(f"{name}: expected a NIfTI-1/2 image, got a {type(img).__name__}")
+    return img
 
 
 def _voxels(img: nib.Nifti1Image, path: Path, name: str, scaled: bool) -> np.ndarray:

@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from augment.contracts.window import Window
+from augment.errors import StoreError
 from augment.sampling.draw import class_counts, class_of
 from augment.sampling.formats.base import SampleFormat, SampleRun
 from augment.sampling.merge import (
@@ -58,7 +59,7 @@ def nifti_bytes(
 
     The gzip header carries no time stamp and no file name, so equal arrays give equal bytes.
     """
-    arr = np.ascontiguousarray(slice2d, dtype=dtype)
+    arr: np.ndarray = np.ascontiguousarray(slice2d, dtype=dtype)
     head = _nifti_header(arr.shape, arr.dtype.str, tuple(map(float, spacing)), float(thickness))
     # NIfTI stores voxels in Fortran order: volume (x, y, 1) = slice.T, whose Fortran-order
     # bytes are the slice's C-order bytes.
@@ -92,7 +93,10 @@ def write_nifti_slice(
 
 def read_nifti_slice(path: Path) -> np.ndarray:
     """Read a slice written by :func:`write_nifti_slice` back as its (y, x) array."""
-    data = np.asanyarray(nib.load(str(path)).dataobj)  # (x, y, 1)
+    img = nib.load(str(path))
+    if not isinstance(img, nib.Nifti1Image):
+        raise StoreError(f"{Path(path).name}: expected a NIfTI-1 slice, got a {type(img).__name__}")
+    data = np.asanyarray(img.dataobj)  # (x, y, 1)
     return np.ascontiguousarray(data[:, :, 0].T)
 
 

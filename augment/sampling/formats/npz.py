@@ -88,6 +88,10 @@ class NpzSink:
         self.images.append(self.run.window.to_units(images)[:, None])  # (B, 1, S, S)
         self.classes.append(classes if self.run.info.class_names else np.full_like(classes, -1))
         if self.masks is not None:
+            if masks is None:
+                raise ValueError(
+                    "expected masks in every batch of a spec with mask channels, got none"
+                )
             self.masks.append(masks)
 
     def finish(self) -> None:
