@@ -213,6 +213,15 @@ class EvaluateConfig(_Section):
     synthetic_ratio: float = Field(1.0, ge=0)
     bootstrap: int = Field(1000, ge=100)
     memorisation_threshold: float = Field(0.05, ge=0, le=1)
+    near_duplicate_corr: float = Field(
+        0.985,
+        gt=0,
+        le=1,
+        description="pixel correlation at which two slices count as one image (copies, leakage)",
+    )
+    max_leakage: float = Field(
+        0.01, ge=0, le=1, description="share of held-out slices duplicating training slices"
+    )
     copy_quantile: float = Field(
         0.99, ge=0.5, lt=1, description="share of held-out slices a copy comes closer than"
     )

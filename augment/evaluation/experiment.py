@@ -10,9 +10,13 @@ and batch order):
 - ``real_classic_synthetic``: both.
 
 Fairness: every arm gets exactly the real patients the GAN was trained on (recorded in the
-model's ``config.json``); the best epoch is chosen on the val split; metrics are computed on the
-test split only, with 95% intervals from a bootstrap over test patients (the same draws for every
-arm and seed, so the gains are paired).
+model's ``config.json``); the best epoch and the decision threshold are chosen on the val split;
+metrics are computed on the test split only, with 95% intervals from a bootstrap that resamples
+test patients and seeds (the same draws for every arm, so the gains are paired).
+
+Floors: the task's untrained shortcut predictors (:mod:`augment.evaluation.floors`) are scored
+on the same test patients and draws; :func:`decide` reads a gain only where the real-only arm
+beats the best of them.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from augment.config import EvaluateConfig
 from augment.evaluation import stats
 from augment.evaluation.stats import Interval
 from augment.evaluation.tasks import TASKS
-from augment.evaluation.tasks.base import Task
+from augment.evaluation.tasks.base import Decision, Task
 
 ARMS = ("real", "real_classic", "real_synthetic", "real_classic_synthetic")
 COMPARISONS = (
@@ -76,7 +80,15 @@ class GainResult:
     gains: dict[str, dict[str, Interval]]  # "a_vs_b" -> metric -> gain + CI
     n_synthetic: int
     metrics: tuple[str, ...]  # the task's metric names; the first is the headline
+    task: str = "classification"
+    floors: dict[str, dict[str, Interval]] = field(default_factory=dict)  # floor -> metric
+    decisions: dict[str, list[Decision]] = field(default_factory=dict)  # arm -> per seed
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def headline(self) -> str:
+        """The metric verdicts and floors are read on."""
+        return self.metrics[0]
 
 
 def _arm_training_set(
@@ -95,18 +107,24 @@ def _arm_training_set(
 
 
 def gain_experiment(
-    data: ExperimentData, cfg: EvaluateConfig, device: torch.device, console: Console | None = None
+    data: ExperimentData,
+    cfg: EvaluateConfig,
+    device: torch.device,
+    console: Console | None = None,
+    features: dict[str, np.ndarray] | None = None,
 ) -> GainResult:
-    """Train every arm with every seed and compare them on the test split.
+    """Train every arm with every seed and compare them, and the floors, on the test split.
 
     Args:
         data: the slices (see :func:`experiment_data`).
         cfg: the stage's configuration (classifier, seeds, epochs, ratio, bootstrap).
         device: where to train.
         console: where the progress bar goes (None: a default console).
+        features: fixed random-network features of ``train``, ``val`` and ``test`` for the
+            linear-probe floor (None: computed here).
 
     Returns:
-        A :class:`GainResult` with test probabilities, per-arm summaries and paired gains.
+        A :class:`GainResult` with test probabilities, per-arm summaries, floors and gains.
     """
     task: Task = TASKS.get(cfg.task)()
     notes = []
@@ -133,7 +151,13 @@ def gain_experiment(
             f"{stats.MIN_PATIENTS_PER_CLASS} of them; intervals are shown but no gain is marked."
         )
     steps = -(-len(data.train.labels) // cfg.batch_size)  # one real epoch, for every arm
+    if len(seeds) == 1:
+        notes.append(
+            "One seed per arm: the intervals cover the test patients but not training randomness "
+            "(initial weights, batch order); use evaluate.seeds >= 3 before believing a gain."
+        )
     probs: dict[str, list[np.ndarray]] = {a: [] for a in arms}
+    decisions: dict[str, list[Decision]] = {a: [] for a in arms}
     best_epoch: dict[str, list[int]] = {a: [] for a in arms}
     curves: dict[str, list[list[float]]] = {a: [] for a in arms}
     with Progress(console=console, transient=True) as bar:
@@ -144,14 +168,17 @@ def gain_experiment(
                 model, curve = task.train(
                     x, y, data.val, n_classes, cfg, seed, "classic" in arm, device, steps
                 )
+                val_pred = task.predict(model, data.val.images, device)
+                decisions[arm].append(task.calibrate(data.val.labels, val_pred))
                 probs[arm].append(task.predict(model, data.test.images, device))
                 best_epoch[arm].append(int(np.argmax(curve)))
                 curves[arm].append(curve)
                 bar.advance(progress)
     stacked = {a: np.stack(p) for a, p in probs.items()}  # (n_seeds, n_test, K)
     per_seed, arm_ci, gains = compare_arms(
-        task, data.test.labels, data.test.patients, stacked, cfg.bootstrap, cfg.seed
+        task, data.test.labels, data.test.patients, stacked, cfg.bootstrap, cfg.seed, decisions
     )
+    floors = floor_intervals(task, data, features, cfg)
     return GainResult(
         arms=arms,
         seeds=seeds,
@@ -164,8 +191,33 @@ def gain_experiment(
         gains=gains,
         n_synthetic=n_syn if "real_synthetic" in arms else 0,
         metrics=task.metrics,
+        task=cfg.task,
+        floors=floors,
+        decisions=decisions,
         notes=notes,
     )
+
+
+def floor_intervals(
+    task: Task,
+    data: ExperimentData,
+    features: dict[str, np.ndarray] | None,
+    cfg: EvaluateConfig,
+) -> dict[str, dict[str, Interval]]:
+    """The task's floors scored on the test patients with the arms' patient draws."""
+    if features is None:
+        from augment.nets.features import RandomFeatures, extract_features
+
+        net = RandomFeatures()
+        splits = {"train": data.train, "val": data.val, "test": data.test}
+        features = {name: extract_features(net, split.images) for name, split in splits.items()}
+    preds = task.floors(data, features)
+    probs = {name: test[None] for name, (_, test) in preds.items()}  # (1, n_test, K)
+    decisions = {name: [task.calibrate(data.val.labels, val)] for name, (val, _) in preds.items()}
+    _, ci, _ = compare_arms(
+        task, data.test.labels, data.test.patients, probs, cfg.bootstrap, cfg.seed, decisions
+    )
+    return ci
 
 
 def compare_arms(
@@ -175,15 +227,18 @@ def compare_arms(
     probs: dict[str, np.ndarray],
     n_boot: int,
     seed: int,
+    decisions: dict[str, list[Decision]] | None = None,
 ) -> tuple[
     dict[str, dict[str, list[float]]],
     dict[str, dict[str, Interval]],
     dict[str, dict[str, Interval]],
 ]:
-    """Per-arm metrics and paired gains with a bootstrap over test patients.
+    """Per-arm metrics and paired gains with a bootstrap over test patients and seeds.
 
-    Every arm and seed is scored on the same bootstrap draws; a draw's value for an arm is the
-    mean over seeds, and a gain's draw is the difference of two arms' draws.
+    Every arm and seed is scored on the same patient draws; draw b's value for an arm is the
+    mean over the seeds that draw b resampled (the same seed indices for every arm), and a
+    gain's draw is the difference of two arms' draws. So the interval covers who the test
+    patients are and how training went.
 
     Args:
         task: scores the predictions.
@@ -192,6 +247,7 @@ def compare_arms(
         probs: arm -> (n_seeds, n, K) test probabilities.
         n_boot: bootstrap draws.
         seed: seed of the draws.
+        decisions: arm -> per seed, the decision rule chosen on val (None: the task's default).
 
     Returns:
         per_seed (arm -> metric -> list), arm_ci (arm -> metric -> Interval),
@@ -203,12 +259,20 @@ def compare_arms(
     point: dict[str, dict[str, float]] = {}
     draws: dict[str, dict[str, np.ndarray]] = {}
     per_seed: dict[str, dict[str, list[float]]] = {}
+    seed_idx: dict[int, np.ndarray] = {}
     for arm, p in probs.items():
-        full = [task.score(y, ps) for ps in p]
-        boot = [task.score(y, ps, weights) for ps in p]
+        rules = (decisions or {}).get(arm) or [None] * len(p)
+        full = [task.score(y, ps, None, d) for ps, d in zip(p, rules, strict=True)]
+        boot = [task.score(y, ps, weights, d) for ps, d in zip(p, rules, strict=True)]
+        if len(p) not in seed_idx:
+            seed_idx[len(p)] = stats.seed_bootstrap_indices(len(p), n_boot, seed)
+        pick = seed_idx[len(p)]
         per_seed[arm] = {m: [float(f[m][0]) for f in full] for m in task.metrics}
         point[arm] = {m: float(np.mean(per_seed[arm][m])) for m in per_seed[arm]}
-        draws[arm] = {m: np.mean([b[m] for b in boot], axis=0) for m in per_seed[arm]}
+        draws[arm] = {
+            m: stats.seed_averaged_draws(np.stack([b[m] for b in boot]), pick)
+            for m in per_seed[arm]
+        }
     arm_ci = {
         a: {m: stats.interval(point[a][m], draws[a][m], assessable=ok) for m in point[a]}
         for a in probs

@@ -95,8 +95,16 @@ class Memorisation:
     quantile: float
     corr_threshold: float
     dist_threshold: float
-    copy_rate: float  # by correlation: the gated number
+    copy_rate: float  # by correlation (relative or absolute criterion): the gated number
     copy_rate_features: float  # by feature distance: reported
+    held_corr_idx: np.ndarray | None = None  # (N_held,) index of the nearest training slice
+    near_duplicate: float = 1.0  # absolute correlation at which two slices are the same image
+    leakage_rate: float = 0.0  # share of held-out slices that near-duplicate a training slice
+
+    def leaked(self, n: int) -> np.ndarray:
+        """Indices of up to ``n`` held-out slices that near-duplicate a training slice."""
+        hits = np.flatnonzero(self.held_corr >= self.near_duplicate)
+        return hits[np.argsort(-self.held_corr[hits], kind="stable")][:n]
 
     def closest(self, n: int) -> np.ndarray:
         """Indices of the ``n`` synthetic slices most correlated with a training slice."""
@@ -114,6 +122,8 @@ class Memorisation:
             "heldout_corr_median": float(np.median(self.held_corr)),
             "heldout_corr_max": float(self.held_corr.max()),
             "feature_dist_threshold": self.dist_threshold,
+            "near_duplicate_corr": self.near_duplicate,
+            "leakage_rate": self.leakage_rate,
         }
 
 
@@ -122,20 +132,29 @@ def memorisation(
     train: tuple[np.ndarray, np.ndarray],
     heldout: tuple[np.ndarray, np.ndarray],
     quantile: float = 0.99,
+    near_duplicate: float = 0.985,
 ) -> Memorisation:
     """Nearest training slice of synthetic and held-out real slices, and the copy rate.
+
+    Two criteria make a synthetic slice a copy: the relative one (closer to a training slice
+    than ``quantile`` of held-out real slices come) and an absolute one (correlation at least
+    ``near_duplicate``). The relative one alone is blind when held-out patients are themselves
+    near-copies of training patients (one subject under several IDs, repeated scans): its
+    threshold then rises with them. Held-out slices above the absolute one are leakage between
+    the splits, reported by :attr:`Memorisation.leakage_rate`.
 
     Args:
         synthetic: (images (N, 1, S, S), features (N, D)) of the synthetic slices.
         train: the same for the real training slices (the GAN's training set).
         heldout: the same for real val + test slices.
         quantile: share of held-out real slices that a copy must come closer than.
+        near_duplicate: correlation (after 2 x 2 averaging) at which two slices are one image.
 
     Returns:
         A :class:`Memorisation` with per-slice values, thresholds and copy rates.
     """
     syn_corr, syn_idx = nearest_by_correlation(synthetic[0], train[0])
-    held_corr, _ = nearest_by_correlation(heldout[0], train[0])
+    held_corr, held_idx = nearest_by_correlation(heldout[0], train[0])
     syn_dist, _ = nearest_by_feature(synthetic[1], train[1])
     held_dist, _ = nearest_by_feature(heldout[1], train[1])
     corr_thr = float(np.quantile(held_corr, quantile))
@@ -149,6 +168,9 @@ def memorisation(
         quantile=quantile,
         corr_threshold=corr_thr,
         dist_threshold=dist_thr,
-        copy_rate=float((syn_corr > corr_thr).mean()),
+        copy_rate=float(((syn_corr > corr_thr) | (syn_corr >= near_duplicate)).mean()),
         copy_rate_features=float((syn_dist < dist_thr).mean()),
+        held_corr_idx=held_idx,
+        near_duplicate=near_duplicate,
+        leakage_rate=float((held_corr >= near_duplicate).mean()),
     )

@@ -33,6 +33,8 @@ from augment.evaluation.fidelity.inception import check_inception_weights, incep
 from augment.evaluation.fidelity.measure import fidelity
 from augment.evaluation.memorisation import Memorisation, MemorisationError, memorisation
 from augment.evaluation.report.outputs import write_outputs
+from augment.evaluation.stats import Interval
+from augment.evaluation.verdict import HELPS, Verdict, decide
 from augment.io.atomic import atomic_dir
 from augment.nets.device import resolve_device
 from augment.nets.features import RandomFeatures, extract_features
@@ -217,7 +219,6 @@ def run(
     fraction: float | None = None,
 ) -> dict:
     """The stage on arrays: experiment, measures, outputs and the memorisation gate."""
-    gain = gain_experiment(exp, cfg, device, Console(stderr=True))
     net = RandomFeatures()
     feats = {
         name: extract_features(net, images)
@@ -228,6 +229,7 @@ def run(
             ("synthetic", exp.synthetic),
         )
     }
+    gain = gain_experiment(exp, cfg, device, Console(stderr=True), feats)
     fid = fidelity(feats["train"], feats["test"], feats["synthetic"], cfg.k, cfg.seed, cfg.fidelity)
     if cfg.inception_weights:
         fid["inception_fid"] = inception_fid(
@@ -240,10 +242,15 @@ def run(
         (exp.train.images, feats["train"]),
         (held_images, held_feats),
         cfg.copy_quantile,
+        cfg.near_duplicate_corr,
     )
-    summary = summarise(exp, cfg, gain, fid, mem, fraction)
+    leakage = mem.leakage_rate > cfg.max_leakage
+    answer = decide(
+        gain, int(len(set(exp.test.patients))), leakage_rate=mem.leakage_rate if leakage else None
+    )
+    summary = summarise(exp, cfg, gain, fid, mem, fraction, answer)
     with atomic_dir(out) as tmp:
-        write_outputs(tmp, summary, exp, gain, fid, mem, training_logs, model)
+        write_outputs(tmp, summary, exp, gain, fid, mem, training_logs, model, answer)
     if mem.copy_rate > cfg.memorisation_threshold:
         raise MemorisationError(
             summary,
@@ -255,6 +262,10 @@ def run(
     return summary
 
 
+def _rounded(ci: Interval) -> dict[str, float]:
+    return {"value": round(ci.value, 4), "low": round(ci.low, 4), "high": round(ci.high, 4)}
+
+
 def summarise(
     exp: ExperimentData,
     cfg: EvaluateConfig,
@@ -262,15 +273,19 @@ def summarise(
     fid: dict,
     mem: Memorisation,
     fraction: float | None,
+    answer: Verdict,
 ) -> dict[str, Any]:
-    """The flat-ish dictionary of ``metrics.json``."""
+    """Everything the run measured (``metrics_detail.json``; :func:`headline` is the small one)."""
     arms = {
         a: {
             **{m: round(ci.value, 4) for m, ci in gain.arm_ci[a].items()},
+            **{f"{m}_low": round(ci.low, 4) for m, ci in gain.arm_ci[a].items()},
+            **{f"{m}_high": round(ci.high, 4) for m, ci in gain.arm_ci[a].items()},
             **{f"{m}_std": round(float(np.std(v)), 4) for m, v in gain.per_seed[a].items()},
         }
         for a in gain.arms
     }
+    floors = {name: {m: _rounded(ci) for m, ci in f.items()} for name, f in gain.floors.items()}
     gains = {
         name: {
             **{m: round(ci.value, 4) for m, ci in g.items()},
@@ -293,38 +308,54 @@ def summarise(
         "intervals_assessable": bool(
             stats.bootstrap_assessable(exp.test.labels, exp.test.patients, len(exp.class_names))
         ),
+        "verdict": {
+            "task": answer.task,
+            "verdict": answer.verdict,
+            "metric": answer.metric,
+            "best_floor": answer.floor_name,
+            "minimum_detectable_effect": round(answer.mde, 4),
+            "text": answer.text,
+        },
         "arms": arms,
+        "floors": floors,
+        "thresholds": {
+            a: [None if d is None else round(float(d), 4) for d in ds]
+            for a, ds in gain.decisions.items()
+        },
         "gain": gains,
         "fidelity": rounded,
         "memorisation": {
             **{k: round(v, 4) for k, v in mem.summary().items()},
             "threshold": cfg.memorisation_threshold,
             "passed": bool(mem.copy_rate <= cfg.memorisation_threshold),
+            "leakage_between_splits": bool(mem.leakage_rate > cfg.max_leakage),
         },
-        "synthetic_helps": verdict(gain),
+        "synthetic_helps": answer.verdict == HELPS,
     }
-
-
-def verdict(gain: GainResult) -> bool:
-    """True only when adding synthetic data gives a significant AUC gain over real-only."""
-    key = "real_synthetic_vs_real"
-    return bool(key in gain.gains and gain.gains[key]["auc"].significant
-                and gain.gains[key]["auc"].value > 0)  # fmt: skip
 
 
 def summary_table(summary: dict[str, Any], out: Path | str = "reports") -> Table:
     """A rich table of a run's headline figures, for the command line."""
-    table = Table(title=f"augment evaluate: test patients {summary['n_test_patients']}")
-    for col in ("arm", "AUC (mean over seeds)", "sd over seeds", "gain vs real [95% CI]"):
+    v = summary["verdict"]
+    m = v["metric"]
+    table = Table(
+        title=f"augment evaluate ({v['task']}): {v['verdict'].upper()}  "
+        f"[{summary['n_test_patients']} test patients, {summary['seeds']} seed(s)]"
+    )
+    for col in ("arm / floor", f"{m.upper()} [95% CI]", "sd over seeds", "gain vs real [95% CI]"):
         table.add_column(col)
     for arm, values in summary["arms"].items():
         g = summary["gain"].get(f"{arm}_vs_real")
-        gain = f"{g['auc']:+.3f} [{g['auc_low']:.3f}, {g['auc_high']:.3f}]" if g else ""
-        table.add_row(arm, f"{values['auc']:.3f}", f"{values['auc_std']:.3f}", gain)
+        gain = f"{g[m]:+.3f} [{g[f'{m}_low']:.3f}, {g[f'{m}_high']:.3f}]" if g else ""
+        ci = f"{values[m]:.3f} [{values[f'{m}_low']:.3f}, {values[f'{m}_high']:.3f}]"
+        table.add_row(arm, ci, f"{values[f'{m}_std']:.3f}", gain)
+    for name, values in summary["floors"].items():
+        f = values[m]
+        table.add_row(f"floor: {name}", f"{f['value']:.3f} [{f['low']:.3f}, {f['high']:.3f}]")
     mem = summary["memorisation"]
     gate = "passed" if mem["passed"] else "FAILED"
     table.caption = (
-        f"memorisation check {gate} (copy rate {mem['copy_rate']:.1%}); "
-        f"synthetic data helps: {summary['synthetic_helps']}; report: {Path(out) / 'report.html'}"
+        f"{v['text']}\nMemorisation check {gate} (copy rate {mem['copy_rate']:.1%}). "
+        f"Report: {Path(out) / 'report.html'}"
     )
     return table

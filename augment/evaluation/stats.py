@@ -1,7 +1,10 @@
-"""Statistics of the gain experiment, on arrays: the patient bootstrap and its intervals.
+"""Statistics of the gain experiment, on arrays: a two-level bootstrap and its intervals.
 
-A bootstrap over test patients is a matrix of sample weights (how often each slice's patient
-was drawn), so every task's metrics take weights and a whole bootstrap costs one pass.
+What varies between two runs of the same study is who the test patients are and how training
+happened to go (initial weights, batch order: the seed). Each bootstrap draw resamples both:
+whole test patients (a matrix of sample weights, so every task's metrics take weights and a
+whole bootstrap costs one pass) and, independently, the seeds (with replacement, the same seed
+draw for every arm, so the arms stay paired). Documented in ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,31 @@ def patient_bootstrap_weights(patients: np.ndarray, n_boot: int, seed: int) -> n
     return counts[:, inverse].astype(np.float64)  # (B, n)
 
 
+def seed_bootstrap_indices(n_seeds: int, n_boot: int, seed: int) -> np.ndarray:
+    """Which seeds each bootstrap draw uses: (B, n_seeds) indices drawn with replacement.
+
+    The same ``seed`` gives the same draws, so every arm (and every metric) is averaged over the
+    same resampled seeds in draw b and the gains stay paired. With one seed the indices are all
+    0: training randomness is then not in the interval (the report says so).
+    """
+    rng = np.random.default_rng([seed, 0x5EED])
+    return rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+
+
+def seed_averaged_draws(per_seed_draws: np.ndarray, seed_idx: np.ndarray) -> np.ndarray:
+    """Draw b's value: the mean over the seeds draw b picked of their values at patient draw b.
+
+    Args:
+        per_seed_draws: (n_seeds, B) a metric per seed and patient-bootstrap draw.
+        seed_idx: (B, n_seeds) from :func:`seed_bootstrap_indices` (for these n_seeds).
+
+    Returns:
+        (B,) draws; NaN where a picked seed's metric is undefined in that draw.
+    """
+    by_draw = np.asarray(per_seed_draws, np.float64).T  # (B, n_seeds)
+    return np.take_along_axis(by_draw, seed_idx, axis=1).mean(axis=1)
+
+
 @dataclass
 class Interval:
     """A point estimate with a percentile bootstrap interval."""
@@ -37,6 +65,7 @@ class Interval:
     high: float
     valid: int  # bootstrap draws where the metric was defined (every class present)
     assessable: bool = True  # enough test patients for a patient bootstrap to mean anything
+    se: float = float("nan")  # standard deviation of the draws (bootstrap standard error)
 
     @property
     def significant(self) -> bool:
@@ -53,7 +82,23 @@ def interval(
         return Interval(float(point), float("nan"), float("nan"), 0, assessable)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(ok, [tail, 100 - tail])
-    return Interval(float(point), float(low), float(high), int(len(ok)), assessable)
+    se = float(np.std(ok, ddof=1)) if len(ok) > 1 else float("nan")
+    return Interval(float(point), float(low), float(high), int(len(ok)), assessable, se)
+
+
+# Two-sided 5% test with 80% power: a true gain of (z_0.975 + z_0.8) standard errors is
+# detected four times out of five.
+MDE_FACTOR = 1.959964 + 0.841621
+
+
+def minimum_detectable_effect(gain: Interval) -> float:
+    """The smallest true gain this design detects with 80% power at the 5% level.
+
+    Uses the bootstrap standard error of an observed paired gain as the design's standard
+    error (the spread of a gain barely depends on its size), so a user with few test patients
+    or seeds is told how large an effect must be before their data can show it.
+    """
+    return float(MDE_FACTOR * gain.se)
 
 
 MIN_TEST_PATIENTS = 5

@@ -127,6 +127,23 @@ def memorisation_figures(exp: ExperimentData, mem: Memorisation, n: int = 8) -> 
     return hist + _png(fig)
 
 
+def leakage_figure(exp: ExperimentData, mem: Memorisation, n: int = 8) -> str:
+    """Held-out real slices that near-duplicate a training slice, above their twins ('' if none)."""
+    top = mem.leaked(n)
+    if len(top) == 0 or mem.held_corr_idx is None:
+        return ""
+    held = np.concatenate([exp.val.images, exp.test.images])
+    fig, axes = _figure(2, len(top), 1.6)
+    for col, i in enumerate(top):
+        axes[0, col].imshow(held[i, 0], cmap="gray", vmin=-1, vmax=1)
+        axes[0, col].set_title(f"val/test\nr = {mem.held_corr[i]:.3f}", fontsize=8)
+        axes[1, col].imshow(exp.train.images[mem.held_corr_idx[i], 0], cmap="gray", vmin=-1, vmax=1)
+        axes[1, col].set_title("training", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    return _png(fig)
+
+
 def curves_figure(logs: dict[str, list[tuple[float, float]]], gain: GainResult) -> str:
     """GAN training scalars (dvclive; learning rates and speed left out) and classifier val AUC."""
     panels = [n for n in sorted(logs) if logs[n] and not any(k in n for k in _NOT_CURVES)]

@@ -16,7 +16,11 @@ from augment.evaluation.experiment import ExperimentData, GainResult
 from augment.evaluation.memorisation import Memorisation
 from augment.evaluation.report.figures import roc_points
 from augment.evaluation.report.page import render_html
+from augment.evaluation.verdict import HEADLINE_GAIN, Verdict
 from augment.io.jsonfile import write_json
+
+HEADLINE_FILE = "metrics.json"
+DETAIL_FILE = "metrics_detail.json"
 
 
 def write_outputs(
@@ -28,26 +32,55 @@ def write_outputs(
     mem: Memorisation,
     training_logs: dict[str, list[tuple[float, float]]],
     model: Path | None,
+    answer: Verdict,
 ) -> None:
-    """Write metrics.json, plots/ and report.html into ``out`` (a fresh directory).
+    """Write metrics.json, metrics_detail.json, plots/ and report.html into ``out``.
 
     Args:
-        out: the (temporary) reports directory.
-        summary: the metrics dictionary.
+        out: the (temporary, fresh) reports directory.
+        summary: the metrics dictionary (all of it goes to metrics_detail.json).
         exp: the experiment's slices.
         gain: the gain experiment's outcome.
         fid: fidelity measures, ``{"synthetic": {...}, "baseline": {...}}``.
         mem: the memorisation check.
         training_logs: the GAN's dvclive scalars, name -> [(step, value)].
         model: the model directory, whose dvclive TSV files are copied to plots/train/.
+        answer: the verdict.
     """
-    write_json(out / "metrics.json", summary)
+    write_json(out / HEADLINE_FILE, headline(summary))
+    write_json(out / DETAIL_FILE, summary)
     plots = out / "plots"
     _write_roc(plots / "roc", gain)
     _write_gain(plots / "gain.csv", summary, gain)
     _copy_training_logs(model, plots / "train")
-    page = render_html(summary, exp, gain, fid, mem, training_logs)
+    page = render_html(summary, exp, gain, fid, mem, training_logs, answer)
     (out / "report.html").write_text(page, encoding="utf-8")
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The few figures of ``metrics.json`` that a user compares across ``dvc exp`` runs."""
+    v = summary["verdict"]
+    m = v["metric"]
+    real = summary["arms"]["real"]
+    floor = summary["floors"].get(v["best_floor"], {}).get(m, {})
+    gain = summary["gain"].get(HEADLINE_GAIN, {})
+    fid = summary["fidelity"]
+    return {
+        "verdict": v["verdict"],
+        f"{m}_real": real[m],
+        f"{m}_real_low": real[f"{m}_low"],
+        f"{m}_best_floor": floor.get("value"),
+        f"{m}_gain": gain.get(m),
+        f"{m}_gain_low": gain.get(f"{m}_low"),
+        f"{m}_gain_high": gain.get(f"{m}_high"),
+        "minimum_detectable_effect": v["minimum_detectable_effect"],
+        "fid": fid.get("synthetic", {}).get("fid"),
+        "fid_baseline": fid.get("baseline", {}).get("fid"),
+        "copy_rate": summary["memorisation"]["copy_rate"],
+        "memorisation_passed": summary["memorisation"]["passed"],
+        "n_test_patients": summary["n_test_patients"],
+        "seeds": summary["seeds"],
+    }
 
 
 def _write_roc(folder: Path, gain: GainResult) -> None:

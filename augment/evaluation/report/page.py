@@ -10,8 +10,17 @@ import numpy as np
 from augment.evaluation.experiment import ExperimentData, GainResult
 from augment.evaluation.fidelity import FIDELITY
 from augment.evaluation.memorisation import Memorisation
-from augment.evaluation.report.figures import curves_figure, grids, memorisation_figures, roc_figure
+from augment.evaluation.report.figures import (
+    curves_figure,
+    grids,
+    leakage_figure,
+    memorisation_figures,
+    roc_figure,
+)
 from augment.evaluation.stats import Interval
+from augment.evaluation.verdict import CANNOT_TELL, HELPS, HURTS, NOT_RUN, Verdict
+
+_VERDICT_CLASS = {HELPS: "helps", HURTS: "hurts", CANNOT_TELL: "", NOT_RUN: ""}
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -23,8 +32,15 @@ def _ci(ci: Interval, digits: int = 3, sign: bool = False) -> str:
     return f"{value} [{_fmt(ci.low, digits)}, {_fmt(ci.high, digits)}]"
 
 
+def _shade(ci: Interval) -> str:
+    # Green: a significant gain; red: a significant harm; nothing: the interval includes 0.
+    if not ci.significant:
+        return ""
+    return "gain" if ci.value > 0 else "harm"
+
+
 def gain_table(gain: GainResult) -> str:
-    """Per-arm metrics and the paired gains, as HTML tables."""
+    """Per-arm metrics next to the floors, and the paired gains, as HTML tables."""
     head = "".join(f"<th>{m.replace('_', ' ')}</th>" for m in gain.metrics)
     rows = []
     for arm in gain.arms:
@@ -34,11 +50,14 @@ def gain_table(gain: GainResult) -> str:
             for m in gain.metrics
         )
         rows.append(f"<tr><th>{arm}</th>{cells}</tr>")
+    for name, floor in gain.floors.items():
+        cells = "".join(f"<td class='floor'>{_ci(floor[m])}</td>" for m in gain.metrics)
+        rows.append(f"<tr><th class='floor'>floor: {name.replace('_', ' ')}</th>{cells}</tr>")
     arms = f"<table><tr><th>arm</th>{head}</tr>{''.join(rows)}</table>"
     rows = []
     for name, g in gain.gains.items():
         cells = "".join(
-            f"<td class='{'sig' if g[m].significant else ''}'>{_ci(g[m], sign=True)}"
+            f"<td class='{_shade(g[m])}'>{_ci(g[m], sign=True)}"
             f"{' *' if g[m].significant else ''}</td>"
             for m in gain.metrics
         )
@@ -81,33 +100,13 @@ def fidelity_table(fid: dict[str, dict[str, float]]) -> str:
     )
 
 
-def verdict_text(summary: dict[str, Any], gain: GainResult) -> str:
-    """A plain-language answer to "does the synthetic data help?"."""
-    g = gain.gains.get("real_synthetic_vs_real", {}).get("auc")
-    if g is None:
-        return "The synthetic arms could not be run (see the note below)."
-    effect = f"{g.value:+.3f} AUC (95% CI {_fmt(g.low)} to {_fmt(g.high)})"
-    if not g.assessable:
-        return (
-            f"Cannot tell whether the synthetic slices help: {effect} over real data only, but "
-            f"the test split ({summary['n_test_patients']} patients) is too small for the "
-            "interval to mean anything, so no difference is called significant."
-        )
-    if g.significant and g.value > 0:
-        return f"Adding synthetic slices helped: {effect} over real data only."
-    if g.significant:
-        return f"Adding synthetic slices made the classifier worse: {effect}."
-    return (
-        f"No evidence that the synthetic slices help: {effect} over real data only; the "
-        f"interval includes 0 (test set of {summary['n_test_patients']} patients)."
-    )
-
-
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;max-width:1150px;color:#222}
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 8px;
-font-size:13px;text-align:left}td.sig{background:#e4f4e4}.verdict{font-size:17px;padding:10px;
+font-size:13px;text-align:left}td.gain{background:#dff2df}td.harm{background:#f8dcdc}
+.floor{color:#666;background:#fafafa}.verdict{font-size:17px;padding:10px;
 background:#f4f4f8;border-left:4px solid #446}.fail{border-left-color:#b00;background:#fbeaea}
+.helps{border-left-color:#282;background:#e8f5e8}.hurts{border-left-color:#b00;background:#fbeaea}
 .side{display:flex;gap:16px;flex-wrap:wrap}img{max-width:100%}small{color:#666}
 """
 
@@ -119,6 +118,7 @@ def render_html(
     fid: dict[str, dict[str, float]],
     mem: Memorisation,
     logs: dict[str, list[tuple[float, float]]],
+    answer: Verdict,
 ) -> str:
     """The whole report as one HTML string with embedded PNGs."""
     real_png, syn_png = grids(exp)
@@ -128,15 +128,20 @@ def render_html(
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>augment evaluation</title>",
         f"<style>{_CSS}</style></head><body><h1>Does the synthetic data help?</h1>",
-        f"<p class='verdict'>{html.escape(verdict_text(summary, gain))}</p>",
+        f"<p class='verdict {_VERDICT_CLASS.get(answer.verdict, 'fail')}'>"
+        f"<b>{html.escape(answer.task)}: {html.escape(answer.verdict)}.</b> "
+        f"{html.escape(answer.text)}</p>",
         f"<p class='verdict {'' if m['passed'] else 'fail'}'>Memorisation check {gate}: "
         f"copy rate {m['copy_rate']:.1%} (threshold {m['threshold']:.1%}).</p>",
         f"<p>Classifier <b>{summary['classifier']}</b>, {summary['seeds']} seed(s) per arm; "
         f"{summary['n_train_patients']} training patients ({summary['n_train_slices']} slices, "
         f"the GAN's), {summary['n_synthetic_used']} synthetic slices in the synthetic arms; "
         f"test: {summary['n_test_patients']} patients ({summary['n_test_slices']} slices). "
-        "Best epoch chosen on val; all numbers below are on the test split, with 95% intervals "
-        "from a bootstrap over test patients. * = interval excludes 0.</p>",
+        "Best epoch and decision threshold chosen on val; all numbers below are on the test "
+        "split, with 95% intervals from a bootstrap over test patients and seeds (see "
+        "docs/evaluation.md). Floors are untrained shortcuts fitted on the training slices; the "
+        "real-only arm must beat the best of them before any gain is read. * = interval "
+        "excludes 0; green a gain, red a harm.</p>",
         notes,
         "<h2>Real and synthetic slices</h2>",
         f"<div class='side'><div>{real_png}</div><div>{syn_png}</div></div>",
@@ -152,9 +157,15 @@ def render_html(
         f"<p>For each synthetic slice, its most correlated training slice (pixel correlation "
         f"after 2 x 2 averaging). A synthetic slice counts as a copy when it is closer than "
         f"{mem.quantile:.0%} of held-out real slices (patients the GAN never saw) come: "
-        f"correlation above {mem.corr_threshold:.3f}. Copy rate {mem.copy_rate:.1%}; by "
+        f"correlation above {mem.corr_threshold:.3f}, or, whatever the held-out slices do, at "
+        f"least {mem.near_duplicate:.3f} (the same image). Copy rate {mem.copy_rate:.1%}; by "
         f"feature distance {mem.copy_rate_features:.1%}.</p>",
         memorisation_figures(exp, mem),
+        f"<p class='verdict {'fail' if m.get('leakage_between_splits') else ''}'>Leakage "
+        f"between the real splits: {mem.leakage_rate:.1%} of val/test slices correlate at least "
+        f"{mem.near_duplicate:.3f} with a training slice (most similar: "
+        f"{float(mem.held_corr.max()):.3f}).</p>",
+        leakage_figure(exp, mem),
         "<h2>Training curves</h2>",
         curves_figure(logs, gain),
         "</body></html>",

@@ -11,7 +11,10 @@ import torch
 from augment.config import EvaluateConfig
 
 if TYPE_CHECKING:
-    from augment.evaluation.experiment import Split
+    from augment.evaluation.experiment import ExperimentData, Split
+
+# How a trained model's outputs become decisions (a threshold chosen on val); None: none needed.
+Decision = float | None
 
 
 class Task(Protocol):
@@ -44,10 +47,29 @@ class Task(Protocol):
         """Test predictions of a trained model, in the form :meth:`score` takes."""
         ...
 
+    def calibrate(self, y: np.ndarray, pred: np.ndarray) -> Decision:
+        """Choose the decision rule on the val split (never on test): e.g. a threshold."""
+        ...
+
     def score(
-        self, y: np.ndarray, pred: np.ndarray, weights: np.ndarray | None = None
+        self,
+        y: np.ndarray,
+        pred: np.ndarray,
+        weights: np.ndarray | None = None,
+        decision: Decision = None,
     ) -> dict[str, np.ndarray]:
         """Each metric for one or many weightings of the samples: name -> (B,) values."""
+        ...
+
+    def floors(
+        self, data: ExperimentData, features: dict[str, np.ndarray]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Untrained shortcut predictors: name -> (val predictions, test predictions).
+
+        Args:
+            data: the experiment's slices; a floor may be fitted on ``data.train`` only.
+            features: fixed random-network features of ``train``, ``val`` and ``test``.
+        """
         ...
 
 

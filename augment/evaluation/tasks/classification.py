@@ -3,6 +3,10 @@
 AUC, balanced accuracy, sensitivity and specificity take per-sample weights, so a bootstrap
 over test patients is one matrix of weights and one pass; the weighted values equal
 scikit-learn's ``roc_auc_score`` / ``balanced_accuracy_score`` with ``sample_weight`` (tested).
+
+Thresholded rates use the threshold chosen on the val split (Youden's J), never 0.5: a model
+whose scores are shifted is not a model that misses every lesion. Sensitivity at 90%
+specificity reads the ROC curve itself and needs no threshold.
 """
 
 from __future__ import annotations
@@ -16,28 +20,42 @@ import torch
 import torch.nn.functional as F
 
 from augment.config import EvaluateConfig
+from augment.evaluation.floors import SHORTCUTS, fit_probe, shortcut_statistics
 from augment.evaluation.tasks.base import batches
 from augment.nets.classifier import build_classifier
 
 if TYPE_CHECKING:
-    from augment.evaluation.experiment import Split
+    from augment.evaluation.experiment import ExperimentData, Split
 
-CLASSIFICATION_METRICS = ("auc", "balanced_accuracy", "sensitivity", "specificity")
+CLASSIFICATION_METRICS = (
+    "auc",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "sensitivity_at_90_specificity",
+)
+FIXED_SPECIFICITY = 0.9
 
 
 def classification_metrics(
-    y: np.ndarray, prob: np.ndarray, weights: np.ndarray | None = None
+    y: np.ndarray,
+    prob: np.ndarray,
+    weights: np.ndarray | None = None,
+    threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """AUC, balanced accuracy, sensitivity and specificity, for one or many weightings.
+    """AUC, balanced accuracy, sensitivity, specificity, sensitivity at 90% specificity.
 
-    Binary problems (two classes) take class 1 as positive. With more classes, AUC,
-    sensitivity and specificity are macro means of one-vs-rest values (scikit-learn's
-    ``average="macro", multi_class="ovr"``) and balanced accuracy is the mean recall.
+    Binary problems (two classes) take class 1 as positive and call a slice positive when its
+    class-1 probability is at least ``threshold`` (chosen on val; None: the argmax). With more
+    classes, AUC, sensitivity and specificity are macro means of one-vs-rest values
+    (scikit-learn's ``average="macro", multi_class="ovr"``), decisions are the argmax and
+    balanced accuracy is the mean recall.
 
     Args:
         y: (n,) true class ids in ``[0, K)``.
         prob: (n, K) class probabilities.
         weights: (B, n) non-negative sample weights (B bootstrap draws), or None for ones.
+        threshold: decision threshold on the class-1 probability (binary only).
 
     Returns:
         Metric name -> (B,) values (B = 1 without weights); NaN where a class has zero weight.
@@ -47,18 +65,56 @@ def classification_metrics(
     w = np.ones((1, len(y))) if weights is None else np.asarray(weights, dtype=np.float64)
     n_classes = prob.shape[1]
     pred = prob.argmax(axis=1)
+    if n_classes == 2 and threshold is not None:
+        pred = (prob[:, 1] >= threshold).astype(np.int64)
     classes = [1] if n_classes == 2 else list(range(n_classes))
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.stack([_weighted_rate(w, y == c, pred == c) for c in range(n_classes)])
         sens = np.stack([_weighted_rate(w, y == c, pred == c) for c in classes])
         spec = np.stack([_weighted_rate(w, y != c, pred != c) for c in classes])
         auc = np.stack([_weighted_auc(w, y == c, prob[:, c]) for c in classes])
+        at_spec = np.stack([_sensitivity_at_specificity(w, y == c, prob[:, c]) for c in classes])
     return {
         "auc": auc.mean(axis=0),
         "balanced_accuracy": recall.mean(axis=0),
         "sensitivity": sens.mean(axis=0),
         "specificity": spec.mean(axis=0),
+        "sensitivity_at_90_specificity": at_spec.mean(axis=0),
     }
+
+
+def youden_threshold(y: np.ndarray, prob: np.ndarray) -> float | None:
+    """The class-1 probability threshold that maximises sensitivity + specificity on (y, prob).
+
+    Returns None when there is nothing to choose from (not binary, or one class only): the
+    decisions are then the argmax.
+    """
+    y = np.asarray(y)
+    if prob.shape[1] != 2 or len(np.unique(y)) < 2:
+        return None
+    score = np.asarray(prob[:, 1], np.float64)
+    cuts = np.unique(score)  # a slice is positive when its score >= cut
+    pos, neg = (y == 1), (y != 1)
+    sens = (score[pos][None, :] >= cuts[:, None]).mean(axis=1)
+    spec = (score[neg][None, :] < cuts[:, None]).mean(axis=1)
+    return float(cuts[int(np.argmax(sens + spec))])
+
+
+def _sensitivity_at_specificity(
+    w: np.ndarray, positive: np.ndarray, score: np.ndarray, specificity: float = FIXED_SPECIFICITY
+) -> np.ndarray:
+    """Weighted sensitivity at the lowest threshold that keeps ``specificity``: (B,)."""
+    order = np.argsort(score, kind="stable")
+    s, pos, ws = score[order], positive[order], w[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # tie groups
+    w_pos = np.add.reduceat(ws * pos, starts, axis=1)  # (B, G)
+    w_neg = np.add.reduceat(ws * ~pos, starts, axis=1)  # (B, G)
+    neg_share = np.cumsum(w_neg, axis=1) / w_neg.sum(axis=1, keepdims=True)
+    # Positive above group g: scores strictly above the cut leave >= `specificity` negatives below.
+    cut = np.argmax(neg_share >= specificity - 1e-12, axis=1)  # (B,) first such group
+    pos_total = w_pos.sum(axis=1)
+    pos_upto = np.take_along_axis(np.cumsum(w_pos, axis=1), cut[:, None], axis=1)[:, 0]
+    return (pos_total - pos_upto) / pos_total
 
 
 def _weighted_rate(w: np.ndarray, member: np.ndarray, hit: np.ndarray) -> np.ndarray:
@@ -226,7 +282,29 @@ class ClassificationTask:
     ) -> np.ndarray:
         return _predict(model, images, device)
 
+    def calibrate(self, y: np.ndarray, pred: np.ndarray) -> float | None:
+        return youden_threshold(y, pred)
+
     def score(
-        self, y: np.ndarray, pred: np.ndarray, weights: np.ndarray | None = None
+        self,
+        y: np.ndarray,
+        pred: np.ndarray,
+        weights: np.ndarray | None = None,
+        decision: float | None = None,
     ) -> dict[str, np.ndarray]:
-        return classification_metrics(y, pred, weights)
+        return classification_metrics(y, pred, weights, decision)
+
+    def floors(
+        self, data: ExperimentData, features: dict[str, np.ndarray]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        k = len(data.class_names)
+        y = data.train.labels
+        stats = {s: shortcut_statistics(getattr(data, s).images) for s in ("train", "val", "test")}
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in SHORTCUTS:
+            x = {s: stats[s][name][:, None] for s in stats}  # (n, 1): one number per slice
+            val, test = fit_probe(x["train"], y, k, x["val"], x["test"])
+            out[name] = (val, test)
+        val, test = fit_probe(features["train"], y, k, features["val"], features["test"])
+        out["linear_probe"] = (val, test)
+        return out
