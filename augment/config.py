@@ -204,12 +204,18 @@ class SampleConfig(_Section):
 class EvaluateConfig(_Section):
     """The downstream gain experiment, fidelity and memorisation checks."""
 
-    task: Annotated[str, registered(TASKS)] = Field("classification", description=TASKS.help())
+    tasks: list[Annotated[str, registered(TASKS)]] | None = Field(
+        None,
+        description="downstream tasks (null: every task the store supports; segmentation needs "
+        "masks): " + TASKS.help(),
+    )
     classifier: Literal["densenet121", "resnet18", "small"] = "small"
     seeds: int = Field(3, ge=1, le=50)
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0)
+    unet_width: int = Field(16, ge=4, le=128, description="segmentation UNet's first channels")
+    seg_lr: float = Field(1e-3, gt=0, description="segmentation learning rate")
     synthetic_ratio: float = Field(1.0, ge=0)
     bootstrap: int = Field(1000, ge=100)
     memorisation_threshold: float = Field(0.05, ge=0, le=1)

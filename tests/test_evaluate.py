@@ -77,10 +77,10 @@ def test_every_arm_trains_on_exactly_the_gan_patients_and_never_on_val_or_test(
     seen: list[tuple[np.ndarray, bool]] = []
     real_train = classification.train_classifier
 
-    def spy(images, labels, val, *args, **kwargs):
-        seen.append((images.copy(), args[3]))  # args: n_classes, cfg, seed, classic, device
+    def spy(train, val, *args, **kwargs):
+        seen.append((train.images.copy(), args[3]))  # args: n_classes, cfg, seed, classic, device
         assert val is data.val  # val is used for model selection only
-        return real_train(images, labels, val, *args, **kwargs)
+        return real_train(train, val, *args, **kwargs)
 
     monkeypatch.setattr(classification, "train_classifier", spy)
     gain = gx.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
@@ -130,13 +130,14 @@ def test_noise_generator_has_large_fid_and_no_gain(tmp_path: Path) -> None:
     fid = summary["fidelity"]
     assert fid["synthetic"]["fid"] > 5 * fid["baseline"]["fid"]
     assert fid["synthetic"]["precision"] < fid["baseline"]["precision"]
-    gain = summary["gain"]["real_synthetic_vs_real"]
+    task = summary["tasks"]["classification"]
+    gain = task["gain"]["real_synthetic_vs_real"]
     assert not (gain["auc_significant"] and gain["auc"] > 0)
     assert summary["synthetic_helps"] is False
-    assert summary["verdict"]["verdict"] in ("cannot tell", "hurts", "did not learn")
+    assert task["verdict"]["verdict"] in ("cannot tell", "hurts", "did not learn")
     assert summary["memorisation"]["passed"] is True
     report = (tmp_path / "r" / "report.html").read_text()
-    assert html.escape(summary["verdict"]["text"]) in report
+    assert html.escape(task["verdict"]["text"]) in report
 
 
 def test_copying_generator_fails_the_gate_after_writing_the_report(tmp_path: Path) -> None:
@@ -162,7 +163,7 @@ def test_outputs_are_complete_self_contained_and_free_of_patient_keys(tmp_path: 
         "metrics.json",
         "metrics_detail.json",
         "report.html",
-        "plots/gain.csv",
+        "plots/gain_classification.csv",
         "plots/train/train/loss_g.tsv",
     } <= names
     assert {f"plots/roc/{a}.csv" for a in gx.ARMS} <= names
@@ -172,11 +173,15 @@ def test_outputs_are_complete_self_contained_and_free_of_patient_keys(tmp_path: 
         if path.is_file():
             assert "SECRET" not in path.read_text(errors="ignore"), path
     metrics = json.loads((out / "metrics_detail.json").read_text())
-    assert metrics["fraction"] == 0.5 and set(metrics["arms"]) == set(gx.ARMS)
-    assert set(metrics["floors"]) == {"intensity_share", "mean_intensity", "body_share",
-                                      "linear_probe"}  # fmt: skip
+    task = metrics["tasks"]["classification"]
+    assert metrics["fraction"] == 0.5 and set(task["arms"]) == set(gx.ARMS)
+    assert set(task["floors"]) == {"intensity_share", "mean_intensity", "body_share",
+                                   "linear_probe"}  # fmt: skip
+    assert set(metrics["tasks"]) == {"classification"}  # the toy store has no masks
     headline = json.loads((out / "metrics.json").read_text())
-    assert len(headline) <= 16 and headline["verdict"] == metrics["verdict"]["verdict"]
+    assert (
+        len(headline) <= 8 and headline["classification"]["verdict"] == task["verdict"]["verdict"]
+    )
     assert not list(tmp_path.glob(".reports*"))  # the temporary directory is gone
 
 
@@ -234,6 +239,7 @@ def test_check_fairness_rejects_leaks_and_other_subsets(tmp_path: Path) -> None:
 class _Syn:
     def __init__(self, images, classes, class_names):
         self.images, self.classes, self.class_names = images, classes, class_names
+        self.masks = None
         self.rows: list[dict] = []  # a hand-made set: no manifest, so no model checksum
 
 
@@ -316,11 +322,11 @@ def test_one_subject_under_several_patient_ids_is_reported_as_leakage(tmp_path: 
     detail = json.loads((tmp_path / "r" / "metrics_detail.json").read_text())
     assert detail["memorisation"]["leakage_between_splits"] is True
     assert detail["memorisation"]["leakage_rate"] > 0.9
-    assert detail["verdict"]["verdict"] == "leakage between splits"
+    assert detail["tasks"]["classification"]["verdict"]["verdict"] == "leakage between splits"
     assert "near-duplicates of training slices" in (tmp_path / "r" / "report.html").read_text()
 
 
 def test_distinct_patients_are_not_leakage(tmp_path: Path) -> None:
     summary = ev.run(_data(), _cfg(seeds=1, epochs=1), CPU, {}, None, tmp_path / "r")
     assert summary["memorisation"]["leakage_between_splits"] is False
-    assert summary["verdict"]["verdict"] != "leakage between splits"
+    assert summary["tasks"]["classification"]["verdict"]["verdict"] != "leakage between splits"

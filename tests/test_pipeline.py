@@ -125,8 +125,9 @@ def test_parameter_sweep_with_dvc_experiments(project):
     assert data["params"]["params.yaml"]["data"]["train"]["fraction"] == 0.5
     assert data["metrics"]["reports/metrics.json"]["data"]
     out = project / "curve"
-    _sh(project, "dvc", "plots", "diff", *names, "--targets", "reports/plots/gain.csv",
-        "-x", "fraction", "-y", "gain_auc_vs_real", "-o", str(out))  # fmt: skip
+    target = "reports/plots/gain_classification.csv"
+    _sh(project, "dvc", "plots", "diff", *names, "--targets", target,
+        "-x", "fraction", "-y", "gain_vs_real", "-o", str(out))  # fmt: skip
     assert (out / "index.html").is_file()
 
 

@@ -46,11 +46,19 @@ COMPARISONS = (
 
 @dataclass
 class Split:
-    """Slices of one split: images (n, 1, S, S) float32 in [-1, 1], labels (n,), patients (n,)."""
+    """Slices of one split.
+
+    Attributes:
+        images: (n, C, S, S) float32 in [-1, 1].
+        labels: (n,) class ids.
+        patients: (n,) patient keys (``synthetic`` for synthetic slices).
+        masks: (n, S, S) uint8, 1 on lesion pixels (the store's lesion labels), or None.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     patients: np.ndarray
+    masks: np.ndarray | None = None
 
 
 @dataclass
@@ -60,9 +68,10 @@ class ExperimentData:
     train: Split
     val: Split
     test: Split
-    synthetic: np.ndarray  # (N_syn, 1, S, S) float32 in [-1, 1]
+    synthetic: np.ndarray  # (N_syn, C, S, S) float32 in [-1, 1]
     synthetic_labels: np.ndarray  # (N_syn,) class ids; -1 when the generator is unconditional
     class_names: list[str]
+    synthetic_masks: np.ndarray | None = None  # (N_syn, S, S) uint8 lesion masks, or None
 
 
 @dataclass
@@ -91,18 +100,29 @@ class GainResult:
         return self.metrics[0]
 
 
+def usable_synthetic(data: ExperimentData, task: Task) -> np.ndarray:
+    """Indices of the synthetic slices a task can train on (a class; a mask if it needs one)."""
+    ok = data.synthetic_labels >= 0
+    if task.needs_masks and data.synthetic_masks is None:
+        ok = np.zeros_like(ok)
+    return np.flatnonzero(ok)
+
+
 def _arm_training_set(
-    data: ExperimentData, arm: str, n_syn: int, rng_seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = data.train.images, data.train.labels
+    data: ExperimentData, arm: str, n_syn: int, usable: np.ndarray, rng_seed: int
+) -> Split:
     if "synthetic" not in arm:
-        return images, labels
-    usable = np.flatnonzero(data.synthetic_labels >= 0)
+        return data.train
     pick = np.random.default_rng(rng_seed).choice(usable, n_syn, replace=False)
     pick.sort()
-    return (
-        np.concatenate([images, data.synthetic[pick]]),
-        np.concatenate([labels, data.synthetic_labels[pick]]),
+    masks = None
+    if data.train.masks is not None and data.synthetic_masks is not None:
+        masks = np.concatenate([data.train.masks, data.synthetic_masks[pick]])
+    return Split(
+        images=np.concatenate([data.train.images, data.synthetic[pick]]),
+        labels=np.concatenate([data.train.labels, data.synthetic_labels[pick]]),
+        patients=np.concatenate([data.train.patients, np.full(n_syn, "synthetic")]),
+        masks=masks,
     )
 
 
@@ -112,6 +132,7 @@ def gain_experiment(
     device: torch.device,
     console: Console | None = None,
     features: dict[str, np.ndarray] | None = None,
+    task_name: str = "classification",
 ) -> GainResult:
     """Train every arm with every seed and compare them, and the floors, on the test split.
 
@@ -122,20 +143,23 @@ def gain_experiment(
         console: where the progress bar goes (None: a default console).
         features: fixed random-network features of ``train``, ``val`` and ``test`` for the
             linear-probe floor (None: computed here).
+        task_name: the evaluation task (a name of the task registry).
 
     Returns:
-        A :class:`GainResult` with test probabilities, per-arm summaries, floors and gains.
+        A :class:`GainResult` with test predictions, per-arm summaries, floors and gains.
     """
-    task: Task = TASKS.get(cfg.task)()
+    task: Task = TASKS.get(task_name)()
     notes = []
-    usable = int((data.synthetic_labels >= 0).sum())
+    usable_idx = usable_synthetic(data, task)
+    usable = len(usable_idx)
     n_syn = min(int(round(cfg.synthetic_ratio * len(data.train.labels))), usable)
     arms = list(ARMS)
     if usable == 0 or n_syn == 0:
         arms = ["real", "real_classic"]
         notes.append(
             "The synthetic arms were skipped: the synthetic slices carry no class "
-            "(unconditional generator) or synthetic_ratio is 0."
+            "(unconditional generator), no mask where the task needs one, or synthetic_ratio "
+            "is 0."
         )
     elif n_syn < round(cfg.synthetic_ratio * len(data.train.labels)):
         notes.append(
@@ -161,22 +185,22 @@ def gain_experiment(
     best_epoch: dict[str, list[int]] = {a: [] for a in arms}
     curves: dict[str, list[list[float]]] = {a: [] for a in arms}
     with Progress(console=console, transient=True) as bar:
-        progress = bar.add_task(f"gain experiment ({cfg.task})", total=len(arms) * len(seeds))
+        progress = bar.add_task(f"gain experiment ({task_name})", total=len(arms) * len(seeds))
         for seed in seeds:
             for arm in arms:
-                x, y = _arm_training_set(data, arm, n_syn, cfg.seed)
+                train = _arm_training_set(data, arm, n_syn, usable_idx, cfg.seed)
                 model, curve = task.train(
-                    x, y, data.val, n_classes, cfg, seed, "classic" in arm, device, steps
+                    train, data.val, n_classes, cfg, seed, "classic" in arm, device, steps
                 )
                 val_pred = task.predict(model, data.val.images, device)
-                decisions[arm].append(task.calibrate(data.val.labels, val_pred))
+                decisions[arm].append(task.calibrate(data.val, val_pred))
                 probs[arm].append(task.predict(model, data.test.images, device))
                 best_epoch[arm].append(int(np.argmax(curve)))
                 curves[arm].append(curve)
                 bar.advance(progress)
-    stacked = {a: np.stack(p) for a, p in probs.items()}  # (n_seeds, n_test, K)
+    stacked = {a: np.stack(p) for a, p in probs.items()}  # (n_seeds, n_test, ...)
     per_seed, arm_ci, gains = compare_arms(
-        task, data.test.labels, data.test.patients, stacked, cfg.bootstrap, cfg.seed, decisions
+        task, data.test, stacked, cfg.bootstrap, cfg.seed, decisions, n_classes
     )
     floors = floor_intervals(task, data, features, cfg)
     return GainResult(
@@ -191,7 +215,7 @@ def gain_experiment(
         gains=gains,
         n_synthetic=n_syn if "real_synthetic" in arms else 0,
         metrics=task.metrics,
-        task=cfg.task,
+        task=task_name,
         floors=floors,
         decisions=decisions,
         notes=notes,
@@ -212,22 +236,21 @@ def floor_intervals(
         splits = {"train": data.train, "val": data.val, "test": data.test}
         features = {name: extract_features(net, split.images) for name, split in splits.items()}
     preds = task.floors(data, features)
-    probs = {name: test[None] for name, (_, test) in preds.items()}  # (1, n_test, K)
-    decisions = {name: [task.calibrate(data.val.labels, val)] for name, (val, _) in preds.items()}
-    _, ci, _ = compare_arms(
-        task, data.test.labels, data.test.patients, probs, cfg.bootstrap, cfg.seed, decisions
-    )
+    probs = {name: test[None] for name, (_, test) in preds.items()}  # (1, n_test, ...)
+    decisions = {name: [task.calibrate(data.val, val)] for name, (val, _) in preds.items()}
+    k = len(data.class_names)
+    _, ci, _ = compare_arms(task, data.test, probs, cfg.bootstrap, cfg.seed, decisions, k)
     return ci
 
 
 def compare_arms(
     task: Task,
-    y: np.ndarray,
-    patients: np.ndarray,
+    truth: Split,
     probs: dict[str, np.ndarray],
     n_boot: int,
     seed: int,
     decisions: dict[str, list[Decision]] | None = None,
+    n_classes: int = 2,
 ) -> tuple[
     dict[str, dict[str, list[float]]],
     dict[str, dict[str, Interval]],
@@ -242,28 +265,28 @@ def compare_arms(
 
     Args:
         task: scores the predictions.
-        y: (n,) test labels.
-        patients: (n,) test patient keys.
-        probs: arm -> (n_seeds, n, K) test probabilities.
+        truth: the test split (labels, patient keys, masks).
+        probs: arm -> (n_seeds, n, ...) test predictions in the task's form.
         n_boot: bootstrap draws.
         seed: seed of the draws.
         decisions: arm -> per seed, the decision rule chosen on val (None: the task's default).
+        n_classes: classes of the task's labels (a class absent from test makes the
+            intervals unassessable).
 
     Returns:
         per_seed (arm -> metric -> list), arm_ci (arm -> metric -> Interval),
         gains ("a_vs_b" -> metric -> Interval).
     """
-    weights = stats.patient_bootstrap_weights(patients, n_boot, seed)  # (B, n)
-    n_classes = next(iter(probs.values())).shape[2]
-    ok = stats.bootstrap_assessable(y, patients, n_classes)
+    weights = stats.patient_bootstrap_weights(truth.patients, n_boot, seed)  # (B, n)
+    ok = stats.bootstrap_assessable(truth.labels, truth.patients, n_classes)
     point: dict[str, dict[str, float]] = {}
     draws: dict[str, dict[str, np.ndarray]] = {}
     per_seed: dict[str, dict[str, list[float]]] = {}
     seed_idx: dict[int, np.ndarray] = {}
     for arm, p in probs.items():
         rules = (decisions or {}).get(arm) or [None] * len(p)
-        full = [task.score(y, ps, None, d) for ps, d in zip(p, rules, strict=True)]
-        boot = [task.score(y, ps, weights, d) for ps, d in zip(p, rules, strict=True)]
+        full = [task.score(truth, ps, None, d) for ps, d in zip(p, rules, strict=True)]
+        boot = [task.score(truth, ps, weights, d) for ps, d in zip(p, rules, strict=True)]
         if len(p) not in seed_idx:
             seed_idx[len(p)] = stats.seed_bootstrap_indices(len(p), n_boot, seed)
         pick = seed_idx[len(p)]

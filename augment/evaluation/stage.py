@@ -34,6 +34,7 @@ from augment.evaluation.fidelity.measure import fidelity
 from augment.evaluation.memorisation import Memorisation, MemorisationError, memorisation
 from augment.evaluation.report.outputs import write_outputs
 from augment.evaluation.stats import Interval
+from augment.evaluation.tasks import TASKS
 from augment.evaluation.verdict import HELPS, Verdict, decide
 from augment.io.atomic import atomic_dir
 from augment.nets.device import resolve_device
@@ -71,24 +72,46 @@ def experiment_data(
             raise StoreError(f"synthetic class names {unknown} are not in {store.root} ({names})")
         remap = np.array([names.index(n) for n in syn_names])
         classes = np.where(classes >= 0, remap[np.clip(classes, 0, None)], -1)
+    lesion = lesion_label_ids(store)
+    syn_masks = None
+    if synthetic.masks is not None and store.masks is not None:
+        syn_masks = _lesion_mask(np.asarray(synthetic.masks), lesion)
     return ExperimentData(
-        train=_split(store, "train", set(train_patients)),
-        val=_split(store, "val"),
-        test=_split(store, "test"),
+        train=_split(store, "train", lesion, set(train_patients)),
+        val=_split(store, "val", lesion),
+        test=_split(store, "test", lesion),
         synthetic=syn_images,
         synthetic_labels=classes,
         class_names=names,
+        synthetic_masks=syn_masks,
     )
 
 
-def _split(store: SliceStore, split: str, patients: set[str] | None = None) -> Split:
+def lesion_label_ids(store: SliceStore) -> list[int] | None:
+    """The mask label ids that are lesions (``preprocess.lesion_labels``; None: any non-zero)."""
+    params = store.meta.get("params") or {}
+    ids = params.get("lesion_labels") if isinstance(params, dict) else None
+    return [int(i) for i in ids] if isinstance(ids, list) else None
+
+
+def _lesion_mask(masks: np.ndarray, lesion: list[int] | None) -> np.ndarray:
+    m = masks.reshape(len(masks), *masks.shape[-2:])  # (n, S, S) from (n, 1, S, S) or (n, S, S)
+    hit = m > 0 if lesion is None else np.isin(m, lesion)
+    return hit.astype(np.uint8)
+
+
+def _split(
+    store: SliceStore, split: str, lesion: list[int] | None, patients: set[str] | None = None
+) -> Split:
     idx = store.indices(split, patients)
     if len(idx) == 0:
         raise StoreError(f"{store.root}: the {split} split has no slices")
+    masks = None if store.masks is None else _lesion_mask(np.asarray(store.masks[idx]), lesion)
     return Split(
         images=np.asarray(store.images[idx], np.float32),
         labels=store.labels(idx),
         patients=np.array([store.rows[i]["patient"] for i in idx]),
+        masks=masks,
     )
 
 
@@ -229,7 +252,11 @@ def run(
             ("synthetic", exp.synthetic),
         )
     }
-    gain = gain_experiment(exp, cfg, device, Console(stderr=True), feats)
+    n_test = int(len(set(exp.test.patients)))
+    gains = {
+        name: gain_experiment(exp, cfg, device, Console(stderr=True), feats, name)
+        for name in tasks_for(exp, cfg)
+    }
     fid = fidelity(feats["train"], feats["test"], feats["synthetic"], cfg.k, cfg.seed, cfg.fidelity)
     if cfg.inception_weights:
         fid["inception_fid"] = inception_fid(
@@ -244,13 +271,11 @@ def run(
         cfg.copy_quantile,
         cfg.near_duplicate_corr,
     )
-    leakage = mem.leakage_rate > cfg.max_leakage
-    answer = decide(
-        gain, int(len(set(exp.test.patients))), leakage_rate=mem.leakage_rate if leakage else None
-    )
-    summary = summarise(exp, cfg, gain, fid, mem, fraction, answer)
+    leakage = mem.leakage_rate if mem.leakage_rate > cfg.max_leakage else None
+    answers = {name: decide(gain, n_test, leakage) for name, gain in gains.items()}
+    summary = summarise(exp, cfg, gains, fid, mem, fraction, answers)
     with atomic_dir(out) as tmp:
-        write_outputs(tmp, summary, exp, gain, fid, mem, training_logs, model, answer)
+        write_outputs(tmp, summary, exp, gains, fid, mem, training_logs, model, answers)
     if mem.copy_rate > cfg.memorisation_threshold:
         raise MemorisationError(
             summary,
@@ -262,6 +287,24 @@ def run(
     return summary
 
 
+def tasks_for(exp: ExperimentData, cfg: EvaluateConfig) -> list[str]:
+    """The tasks to run: ``evaluate.tasks``, or every registered task the store supports.
+
+    Raises:
+        StoreError: a task that needs masks was asked for and the store has none.
+    """
+    has_masks = exp.train.masks is not None
+    if cfg.tasks is None:
+        return [n for n in TASKS.names() if has_masks or not TASKS.get(n).needs_masks]
+    for name in cfg.tasks:
+        if TASKS.get(name).needs_masks and not has_masks:
+            raise StoreError(
+                f"evaluate.tasks: expected a slice store with masks for {name!r}, got one "
+                "without (preprocess inputs with lesion masks, or drop the task)"
+            )
+    return list(dict.fromkeys(cfg.tasks))
+
+
 def _rounded(ci: Interval) -> dict[str, float]:
     return {"value": round(ci.value, 4), "low": round(ci.low, 4), "high": round(ci.high, 4)}
 
@@ -269,13 +312,39 @@ def _rounded(ci: Interval) -> dict[str, float]:
 def summarise(
     exp: ExperimentData,
     cfg: EvaluateConfig,
-    gain: GainResult,
+    gains: dict[str, GainResult],
     fid: dict,
     mem: Memorisation,
     fraction: float | None,
-    answer: Verdict,
+    answers: dict[str, Verdict],
 ) -> dict[str, Any]:
-    """Everything the run measured (``metrics_detail.json``; :func:`headline` is the small one)."""
+    """Everything the run measured (``metrics_detail.json``; the headline is drawn from it)."""
+    rounded = {k: {m: round(v, 5) for m, v in d.items()} for k, d in fid.items()}
+    first = next(iter(gains.values()))
+    return {
+        "fraction": fraction,
+        "classifier": cfg.classifier,
+        "seeds": len(first.seeds),
+        "n_train_patients": int(len(set(exp.train.patients))),
+        "n_test_patients": int(len(set(exp.test.patients))),
+        "n_train_slices": int(len(exp.train.labels)),
+        "n_test_slices": int(len(exp.test.labels)),
+        "intervals_assessable": bool(
+            stats.bootstrap_assessable(exp.test.labels, exp.test.patients, len(exp.class_names))
+        ),
+        "tasks": {name: _task_summary(gains[name], answers[name]) for name in gains},
+        "fidelity": rounded,
+        "memorisation": {
+            **{k: round(v, 4) for k, v in mem.summary().items()},
+            "threshold": cfg.memorisation_threshold,
+            "passed": bool(mem.copy_rate <= cfg.memorisation_threshold),
+            "leakage_between_splits": bool(mem.leakage_rate > cfg.max_leakage),
+        },
+        "synthetic_helps": any(a.verdict == HELPS for a in answers.values()),
+    }
+
+
+def _task_summary(gain: GainResult, answer: Verdict) -> dict[str, Any]:
     arms = {
         a: {
             **{m: round(ci.value, 4) for m, ci in gain.arm_ci[a].items()},
@@ -285,7 +354,6 @@ def summarise(
         }
         for a in gain.arms
     }
-    floors = {name: {m: _rounded(ci) for m, ci in f.items()} for name, f in gain.floors.items()}
     gains = {
         name: {
             **{m: round(ci.value, 4) for m, ci in g.items()},
@@ -295,67 +363,53 @@ def summarise(
         }
         for name, g in gain.gains.items()
     }
-    rounded = {k: {m: round(v, 5) for m, v in d.items()} for k, d in fid.items()}
     return {
-        "fraction": fraction,
-        "classifier": cfg.classifier,
-        "seeds": len(gain.seeds),
-        "n_train_patients": int(len(set(exp.train.patients))),
-        "n_test_patients": int(len(set(exp.test.patients))),
-        "n_train_slices": int(len(exp.train.labels)),
-        "n_test_slices": int(len(exp.test.labels)),
-        "n_synthetic_used": gain.n_synthetic,
-        "intervals_assessable": bool(
-            stats.bootstrap_assessable(exp.test.labels, exp.test.patients, len(exp.class_names))
-        ),
         "verdict": {
-            "task": answer.task,
             "verdict": answer.verdict,
             "metric": answer.metric,
             "best_floor": answer.floor_name,
             "minimum_detectable_effect": round(answer.mde, 4),
             "text": answer.text,
         },
+        "n_synthetic_used": gain.n_synthetic,
         "arms": arms,
-        "floors": floors,
+        "floors": {n: {m: _rounded(ci) for m, ci in f.items()} for n, f in gain.floors.items()},
         "thresholds": {
             a: [None if d is None else round(float(d), 4) for d in ds]
             for a, ds in gain.decisions.items()
         },
         "gain": gains,
-        "fidelity": rounded,
-        "memorisation": {
-            **{k: round(v, 4) for k, v in mem.summary().items()},
-            "threshold": cfg.memorisation_threshold,
-            "passed": bool(mem.copy_rate <= cfg.memorisation_threshold),
-            "leakage_between_splits": bool(mem.leakage_rate > cfg.max_leakage),
-        },
-        "synthetic_helps": answer.verdict == HELPS,
+        "notes": list(gain.notes),
     }
 
 
 def summary_table(summary: dict[str, Any], out: Path | str = "reports") -> Table:
     """A rich table of a run's headline figures, for the command line."""
-    v = summary["verdict"]
-    m = v["metric"]
     table = Table(
-        title=f"augment evaluate ({v['task']}): {v['verdict'].upper()}  "
-        f"[{summary['n_test_patients']} test patients, {summary['seeds']} seed(s)]"
+        title=f"augment evaluate: {summary['n_test_patients']} test patients, "
+        f"{summary['seeds']} seed(s) per arm"
     )
-    for col in ("arm / floor", f"{m.upper()} [95% CI]", "sd over seeds", "gain vs real [95% CI]"):
+    for col in ("task: arm / floor", "headline [95% CI]", "sd over seeds", "gain vs real [95% CI]"):
         table.add_column(col)
-    for arm, values in summary["arms"].items():
-        g = summary["gain"].get(f"{arm}_vs_real")
-        gain = f"{g[m]:+.3f} [{g[f'{m}_low']:.3f}, {g[f'{m}_high']:.3f}]" if g else ""
-        ci = f"{values[m]:.3f} [{values[f'{m}_low']:.3f}, {values[f'{m}_high']:.3f}]"
-        table.add_row(arm, ci, f"{values[f'{m}_std']:.3f}", gain)
-    for name, values in summary["floors"].items():
-        f = values[m]
-        table.add_row(f"floor: {name}", f"{f['value']:.3f} [{f['low']:.3f}, {f['high']:.3f}]")
+    texts = []
+    for task, t in summary["tasks"].items():
+        v = t["verdict"]
+        m = v["metric"]
+        table.add_row(f"[bold]{task}: {v['verdict'].upper()}[/bold]", m, "", "", end_section=False)
+        for arm, values in t["arms"].items():
+            g = t["gain"].get(f"{arm}_vs_real")
+            gain = f"{g[m]:+.3f} [{g[f'{m}_low']:.3f}, {g[f'{m}_high']:.3f}]" if g else ""
+            ci = f"{values[m]:.3f} [{values[f'{m}_low']:.3f}, {values[f'{m}_high']:.3f}]"
+            table.add_row(f"  {arm}", ci, f"{values[f'{m}_std']:.3f}", gain)
+        for name, values in t["floors"].items():
+            f = values[m]
+            table.add_row(f"  floor: {name}", f"{f['value']:.3f} [{f['low']:.3f}, {f['high']:.3f}]")
+        table.add_section()
+        texts.append(f"{task}: {v['text']}")
     mem = summary["memorisation"]
     gate = "passed" if mem["passed"] else "FAILED"
-    table.caption = (
-        f"{v['text']}\nMemorisation check {gate} (copy rate {mem['copy_rate']:.1%}). "
-        f"Report: {Path(out) / 'report.html'}"
-    )
+    table.caption = "\n".join(
+        [*texts, f"Memorisation check {gate} (copy rate {mem['copy_rate']:.1%}).",
+         f"Report: {Path(out) / 'report.html'}"]
+    )  # fmt: skip
     return table

@@ -44,8 +44,8 @@ def _features(data: gx.ExperimentData) -> dict[str, np.ndarray]:
 
 def _gain(data: gx.ExperimentData, probs: dict[str, np.ndarray], n_boot: int = 300):
     cfg = EvaluateConfig(bootstrap=n_boot)
-    y, patients = data.test.labels, data.test.patients
-    per_seed, arm_ci, gains = gx.compare_arms(TASK, y, patients, probs, n_boot, 0)
+    y = data.test.labels
+    per_seed, arm_ci, gains = gx.compare_arms(TASK, data.test, probs, n_boot, 0)
     return gx.GainResult(
         arms=list(probs),
         seeds=list(range(len(next(iter(probs.values()))))),
@@ -131,8 +131,8 @@ def test_seeds_move_the_interval() -> None:
     y = data.test.labels.astype(float)
     same = np.stack([_noisy(y, 0.6, 0)] * 3)
     spread = np.stack([_noisy(y, 0.2, 1), _noisy(y, 0.6, 0), _noisy(y, 2.0, 2)])
-    a = gx.compare_arms(TASK, y.astype(int), data.test.patients, {"real": same}, 400, 0)[1]
-    b = gx.compare_arms(TASK, y.astype(int), data.test.patients, {"real": spread}, 400, 0)[1]
+    a = gx.compare_arms(TASK, data.test, {"real": same}, 400, 0)[1]
+    b = gx.compare_arms(TASK, data.test, {"real": spread}, 400, 0)[1]
     width = {k: ci["real"]["auc"].high - ci["real"]["auc"].low for k, ci in (("a", a), ("b", b))}
     assert width["b"] > 1.5 * width["a"]
     idx = stats.seed_bootstrap_indices(3, 400, 0)

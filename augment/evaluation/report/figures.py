@@ -144,25 +144,29 @@ def leakage_figure(exp: ExperimentData, mem: Memorisation, n: int = 8) -> str:
     return _png(fig)
 
 
-def curves_figure(logs: dict[str, list[tuple[float, float]]], gain: GainResult) -> str:
-    """GAN training scalars (dvclive; learning rates and speed left out) and classifier val AUC."""
+_VAL_SCORE = {"classification": "val AUC", "segmentation": "val Dice"}
+
+
+def curves_figure(logs: dict[str, list[tuple[float, float]]], gains: dict[str, GainResult]) -> str:
+    """GAN training scalars (dvclive; learning rates and speed left out) and each downstream
+    model's validation curve per arm (mean over seeds)."""
     panels = [n for n in sorted(logs) if logs[n] and not any(k in n for k in _NOT_CURVES)]
     cols = 4
-    rows = -(-(len(panels) + 1) // cols)
+    rows = -(-(len(panels) + len(gains)) // cols)
     fig, axes = _figure(rows, cols, 3.0)
-    for ax in axes.flat[len(panels) + 1 :]:
+    for ax in axes.flat[len(panels) + len(gains) :]:
         ax.axis("off")
     for ax, name in zip(axes.flat, panels, strict=False):
         steps, values = zip(*logs[name], strict=True)
         ax.plot(steps, values, lw=0.8)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    ax = axes.flat[len(panels)]
-    for arm in gain.arms:
-        curve = np.mean(np.array(gain.val_curves[arm]), axis=0)
-        ax.plot(np.arange(1, len(curve) + 1), curve, label=arm)
-    ax.set_title("classifier val AUC (mean over seeds)", fontsize=9)
-    ax.set_xlabel("epoch", fontsize=8)
-    ax.legend(fontsize=7)
+    for ax, (task, gain) in zip(axes.flat[len(panels) :], gains.items(), strict=False):
+        for arm in gain.arms:
+            curve = np.mean(np.array(gain.val_curves[arm]), axis=0)
+            ax.plot(np.arange(1, len(curve) + 1), curve, label=arm)
+        ax.set_title(f"{task}: {_VAL_SCORE.get(task, 'val score')} (mean over seeds)", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)

@@ -114,40 +114,47 @@ background:#f4f4f8;border-left:4px solid #446}.fail{border-left-color:#b00;backg
 def render_html(
     summary: dict[str, Any],
     exp: ExperimentData,
-    gain: GainResult,
+    gains: dict[str, GainResult],
     fid: dict[str, dict[str, float]],
     mem: Memorisation,
     logs: dict[str, list[tuple[float, float]]],
-    answer: Verdict,
+    answers: dict[str, Verdict],
 ) -> str:
     """The whole report as one HTML string with embedded PNGs."""
     real_png, syn_png = grids(exp)
     m = summary["memorisation"]
     gate = "passed" if m["passed"] else "FAILED"
-    notes = "".join(f"<p>{html.escape(n)}</p>" for n in gain.notes)
+    verdicts = [
+        f"<p class='verdict {_VERDICT_CLASS.get(a.verdict, 'fail')}'>"
+        f"<b>{html.escape(task)}: {html.escape(a.verdict)}.</b> {html.escape(a.text)}</p>"
+        for task, a in answers.items()
+    ]
+    sections = []
+    for task, gain in gains.items():
+        notes = "".join(f"<p>{html.escape(n)}</p>" for n in gain.notes)
+        sections += [f"<h2>Gain experiment: {html.escape(task)}</h2>", notes, gain_table(gain)]
+        if "auc" in gain.metrics:
+            sections.append(roc_figure(gain))
+    first = next(iter(gains.values()))
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>augment evaluation</title>",
         f"<style>{_CSS}</style></head><body><h1>Does the synthetic data help?</h1>",
-        f"<p class='verdict {_VERDICT_CLASS.get(answer.verdict, 'fail')}'>"
-        f"<b>{html.escape(answer.task)}: {html.escape(answer.verdict)}.</b> "
-        f"{html.escape(answer.text)}</p>",
+        *verdicts,
         f"<p class='verdict {'' if m['passed'] else 'fail'}'>Memorisation check {gate}: "
         f"copy rate {m['copy_rate']:.1%} (threshold {m['threshold']:.1%}).</p>",
-        f"<p>Classifier <b>{summary['classifier']}</b>, {summary['seeds']} seed(s) per arm; "
+        f"<p>Tasks: {', '.join(html.escape(t) for t in gains)} (classifier "
+        f"<b>{summary['classifier']}</b>), {summary['seeds']} seed(s) per arm; "
         f"{summary['n_train_patients']} training patients ({summary['n_train_slices']} slices, "
-        f"the GAN's), {summary['n_synthetic_used']} synthetic slices in the synthetic arms; "
+        f"the GAN's), {first.n_synthetic} synthetic slices in the synthetic arms; "
         f"test: {summary['n_test_patients']} patients ({summary['n_test_slices']} slices). "
         "Best epoch and decision threshold chosen on val; all numbers below are on the test "
         "split, with 95% intervals from a bootstrap over test patients and seeds (see "
         "docs/evaluation.md). Floors are untrained shortcuts fitted on the training slices; the "
         "real-only arm must beat the best of them before any gain is read. * = interval "
         "excludes 0; green a gain, red a harm.</p>",
-        notes,
         "<h2>Real and synthetic slices</h2>",
         f"<div class='side'><div>{real_png}</div><div>{syn_png}</div></div>",
-        "<h2>Gain experiment</h2>",
-        gain_table(gain),
-        roc_figure(gain),
+        *sections,
         "<h2>Fidelity and diversity</h2>",
         "<p>Features: a fixed, seeded random convolutional network (no download; the same "
         "yardstick in every run). The synthetic set is subsampled to the test set's size so "
@@ -167,7 +174,7 @@ def render_html(
         f"{float(mem.held_corr.max()):.3f}).</p>",
         leakage_figure(exp, mem),
         "<h2>Training curves</h2>",
-        curves_figure(logs, gain),
+        curves_figure(logs, gains),
         "</body></html>",
     ]
     return "\n".join(parts)

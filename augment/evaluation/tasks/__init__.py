@@ -2,8 +2,8 @@
 
 A task is a :class:`augment.evaluation.tasks.base.Task`: the downstream model that the gain
 experiment (:mod:`augment.evaluation.experiment`) trains in every arm and seed, and how its test
-predictions are scored. ``evaluate.task`` names it; adding one is one new file in this package
-plus one line below.
+predictions are scored. ``evaluate.tasks`` names them; adding one is one new file in this
+package plus one line below.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ TASKS: Registry[type[Task]] = Registry(
         "classification": Entry(
             "augment.evaluation.tasks.classification:ClassificationTask",
             "slice classes (normal / lesion): AUC, balanced accuracy, sensitivity, specificity",
+        ),
+        "segmentation": Entry(
+            "augment.evaluation.tasks.segmentation:SegmentationTask",
+            "lesion masks (MONAI 2D UNet): per-patient Dice, lesion-wise sensitivity",
         ),
     },
 )

@@ -25,11 +25,11 @@ class Task(Protocol):
     """
 
     metrics: ClassVar[tuple[str, ...]]
+    needs_masks: ClassVar[bool]
 
     def train(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        train: Split,
         val: Split,
         n_classes: int,
         cfg: EvaluateConfig,
@@ -38,7 +38,11 @@ class Task(Protocol):
         device: torch.device,
         steps_per_epoch: int | None = None,
     ) -> tuple[torch.nn.Module, list[float]]:
-        """Train one arm's model for one seed; return it and its validation curve."""
+        """Train one arm's model for one seed; return it and its validation curve.
+
+        ``train`` holds the arm's real slices and, in the synthetic arms, the synthetic ones
+        after them (patient ``synthetic``).
+        """
         ...
 
     def predict(
@@ -47,18 +51,21 @@ class Task(Protocol):
         """Test predictions of a trained model, in the form :meth:`score` takes."""
         ...
 
-    def calibrate(self, y: np.ndarray, pred: np.ndarray) -> Decision:
+    def calibrate(self, truth: Split, pred: np.ndarray) -> Decision:
         """Choose the decision rule on the val split (never on test): e.g. a threshold."""
         ...
 
     def score(
         self,
-        y: np.ndarray,
+        truth: Split,
         pred: np.ndarray,
         weights: np.ndarray | None = None,
         decision: Decision = None,
     ) -> dict[str, np.ndarray]:
-        """Each metric for one or many weightings of the samples: name -> (B,) values."""
+        """Each metric for one or many weightings of the slices: name -> (B,) values.
+
+        ``weights`` (B, n) are a patient bootstrap's slice weights: constant within a patient.
+        """
         ...
 
     def floors(

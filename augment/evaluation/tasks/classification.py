@@ -192,8 +192,7 @@ def _val_score(y: np.ndarray, prob: np.ndarray) -> float:
 
 
 def train_classifier(
-    images: np.ndarray,
-    labels: np.ndarray,
+    train: Split,
     val: Split,
     n_classes: int,
     cfg: EvaluateConfig,
@@ -209,8 +208,7 @@ def train_classifier(
     being trained longer; its batches are drawn from the larger pool instead.
 
     Args:
-        images: (n, 1, S, S) float32 training slices.
-        labels: (n,) class ids.
+        train: the arm's training slices (images (n, C, S, S) float32, labels (n,)).
         val: the val split (model selection only).
         n_classes: number of classes.
         cfg: epochs, batch size, learning rate, classifier name.
@@ -222,8 +220,9 @@ def train_classifier(
     Returns:
         The model with the best epoch's weights, and the val score of every epoch.
     """
+    images, labels = train.images, train.labels
     torch.manual_seed(seed)
-    model = build_classifier(cfg.classifier, n_classes).to(device)
+    model = build_classifier(cfg.classifier, n_classes, images.shape[1]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     counts = np.bincount(labels, minlength=n_classes).clip(min=1)
     # Inverse-frequency weights: lesion slices are rarer, and arms differ in class balance.
@@ -260,11 +259,11 @@ class ClassificationTask:
     """Slice classes from a classifier (``evaluate.classifier``) trained with weighted CE."""
 
     metrics = CLASSIFICATION_METRICS
+    needs_masks = False
 
     def train(
         self,
-        images: np.ndarray,
-        labels: np.ndarray,
+        train: Split,
         val: Split,
         n_classes: int,
         cfg: EvaluateConfig,
@@ -273,26 +272,24 @@ class ClassificationTask:
         device: torch.device,
         steps_per_epoch: int | None = None,
     ) -> tuple[torch.nn.Module, list[float]]:
-        return train_classifier(
-            images, labels, val, n_classes, cfg, seed, classic, device, steps_per_epoch
-        )
+        return train_classifier(train, val, n_classes, cfg, seed, classic, device, steps_per_epoch)
 
     def predict(
         self, model: torch.nn.Module, images: np.ndarray, device: torch.device
     ) -> np.ndarray:
         return _predict(model, images, device)
 
-    def calibrate(self, y: np.ndarray, pred: np.ndarray) -> float | None:
-        return youden_threshold(y, pred)
+    def calibrate(self, truth: Split, pred: np.ndarray) -> float | None:
+        return youden_threshold(truth.labels, pred)
 
     def score(
         self,
-        y: np.ndarray,
+        truth: Split,
         pred: np.ndarray,
         weights: np.ndarray | None = None,
         decision: float | None = None,
     ) -> dict[str, np.ndarray]:
-        return classification_metrics(y, pred, weights, decision)
+        return classification_metrics(truth.labels, pred, weights, decision)
 
     def floors(
         self, data: ExperimentData, features: dict[str, np.ndarray]

@@ -1,0 +1,296 @@
+"""The segmentation task: a MONAI 2D UNet on the lesion masks, scored per patient.
+
+What users do with a synthetic set is mostly segmentation (nnU-Net, MONAI), so the gain
+experiment also trains a UNet with Dice + cross-entropy in every arm; the synthetic arms train
+on synthetic image and mask pairs. Scores, with a patient bootstrap's weights:
+
+- ``dice``: per-patient Dice (all of a patient's slices pooled) averaged over the test patients
+  that have a lesion;
+- ``lesion_sensitivity``: the share of lesions (connected components of a slice's lesion mask)
+  that the predicted mask touches;
+- ``normal_false_positive``: the share of lesion-free test patients with any predicted lesion.
+
+The mask threshold is chosen on val (best pooled Dice), never on test.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from augment.config import EvaluateConfig
+from augment.evaluation.tasks.base import batches
+
+if TYPE_CHECKING:
+    from augment.evaluation.experiment import ExperimentData, Split
+
+SEGMENTATION_METRICS = ("dice", "lesion_sensitivity", "normal_false_positive")
+THRESHOLDS = np.round(np.arange(0.1, 0.95, 0.1), 2)
+
+
+def build_unet(in_channels: int, width: int) -> torch.nn.Module:
+    """MONAI's 2D UNet: four levels from ``width`` channels, residual units, two outputs."""
+    from monai.networks.nets import UNet
+
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=2,
+        channels=(width, width * 2, width * 4, width * 8),
+        strides=(2, 2, 2),
+        num_res_units=1,
+    )
+
+
+def _paired_augment(
+    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw flips, quarter turns and an intensity change per slice, then apply them to both."""
+    n = len(x)
+    flip = torch.rand(n, generator=gen) < 0.5
+    turns = torch.randint(0, 4, (n,), generator=gen)
+    scale = 1 + (torch.rand(n, generator=gen) - 0.5) * 0.2  # +-10%
+    shift = (torch.rand(n, generator=gen) - 0.5) * 0.2
+    x, y = x.clone(), y.clone()
+    x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+    for k in range(1, 4):
+        sel = turns == k
+        x[sel], y[sel] = x[sel].rot90(k, (-2, -1)), y[sel].rot90(k, (-2, -1))
+    x = (x * scale[:, None, None, None] + shift[:, None, None, None]).clamp(-1, 1)
+    return x, y
+
+
+def _dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus soft Dice of the lesion channel over the batch (B, 2, S, S), (B, S, S)."""
+    ce = F.cross_entropy(logits, target)
+    p = logits.softmax(dim=1)[:, 1]
+    t = target.float()
+    dice = (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    return ce + (1 - dice)
+
+
+def _predict(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), 128):
+            x = torch.from_numpy(np.asarray(images[start : start + 128], np.float32)).to(device)
+            out.append(model(x).float().softmax(dim=1)[:, 1].cpu().numpy().astype(np.float16))
+    return np.concatenate(out)  # (n, S, S) lesion probability
+
+
+def _pooled_dice(mask: np.ndarray, prob: np.ndarray, threshold: float) -> float:
+    pred = prob >= threshold
+    inter = float((pred & (mask > 0)).sum())
+    total = float(pred.sum() + (mask > 0).sum())
+    return 2 * inter / total if total else 1.0
+
+
+def train_segmenter(
+    train: Split,
+    val: Split,
+    cfg: EvaluateConfig,
+    seed: int,
+    classic: bool,
+    device: torch.device,
+    steps_per_epoch: int | None = None,
+) -> tuple[torch.nn.Module, list[float]]:
+    """Train one arm's UNet for one seed; keep the epoch with the best val Dice.
+
+    Batches draw lesion slices as often as lesion-free ones (lesions are rare), the same number
+    of steps in every arm; ``classic`` adds paired flips, quarter turns and intensity changes.
+
+    Raises:
+        ValueError: the training slices carry no masks.
+    """
+    if train.masks is None or val.masks is None:
+        raise ValueError("expected lesion masks for the segmentation task, got none")
+    torch.manual_seed(seed)
+    model = build_unet(train.images.shape[1], cfg.unet_width).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
+    gen = torch.Generator().manual_seed(seed)
+    x_all = torch.from_numpy(np.asarray(train.images, np.float32))
+    y_all = torch.from_numpy(np.asarray(train.masks > 0, np.int64))
+    has = (train.masks.reshape(len(train.masks), -1) > 0).any(axis=1)
+    pools = [torch.from_numpy(np.flatnonzero(~has)), torch.from_numpy(np.flatnonzero(has))]
+    pools = [p for p in pools if len(p)]
+    streams = [batches(len(p), max(2, cfg.batch_size // len(pools)), gen) for p in pools]
+    steps = steps_per_epoch or -(-len(train.labels) // cfg.batch_size)
+    best, best_state, curve = -np.inf, None, []
+    for _ in range(cfg.epochs):
+        model.train()
+        for _ in range(steps):
+            idx = torch.cat([p[next(s)] for p, s in zip(pools, streams, strict=True)])
+            x, y = x_all[idx], y_all[idx]
+            if classic:
+                x, y = _paired_augment(x, y, gen)
+            loss = _dice_ce(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        score = _pooled_dice(val.masks, _predict(model, val.images, device), 0.5)
+        curve.append(score)
+        if score > best:
+            best, best_state = score, copy.deepcopy(model.state_dict())
+    if best_state is None:
+        raise RuntimeError(f"no epoch gave a finite val Dice (curve {curve})")
+    model.load_state_dict(best_state)
+    return model.eval(), curve
+
+
+@dataclass
+class _Counts:
+    """Per-slice pieces every metric is a weighted sum of."""
+
+    inter: np.ndarray  # (n,) predicted and true lesion pixels
+    pred: np.ndarray  # (n,) predicted lesion pixels
+    true: np.ndarray  # (n,) true lesion pixels
+    lesions: np.ndarray  # (n,) lesions (connected components) in the true mask
+    found: np.ndarray  # (n,) of those, touched by the prediction
+
+
+def _counts(masks: np.ndarray, prob: np.ndarray, threshold: float) -> _Counts:
+    from scipy import ndimage
+
+    pred = np.asarray(prob, np.float32) >= threshold  # (n, S, S)
+    true = np.asarray(masks) > 0
+    lesions = np.zeros(len(true))
+    found = np.zeros(len(true))
+    for i in np.flatnonzero(true.reshape(len(true), -1).any(axis=1)):
+        labels, n = ndimage.label(true[i])
+        lesions[i] = n
+        if n:
+            hit = np.unique(labels[pred[i] & (labels > 0)])
+            found[i] = len(hit)
+    flat = (len(true), -1)
+    return _Counts(
+        inter=(pred & true).reshape(flat).sum(axis=1).astype(np.float64),
+        pred=pred.reshape(flat).sum(axis=1).astype(np.float64),
+        true=true.reshape(flat).sum(axis=1).astype(np.float64),
+        lesions=lesions,
+        found=found,
+    )
+
+
+def segmentation_metrics(
+    masks: np.ndarray,
+    patients: np.ndarray,
+    prob: np.ndarray,
+    weights: np.ndarray | None = None,
+    threshold: float = 0.5,
+) -> dict[str, np.ndarray]:
+    """Per-patient Dice, lesion-wise sensitivity and normal-patient false positives.
+
+    Args:
+        masks: (n, S, S) true lesion masks.
+        patients: (n,) patient keys.
+        prob: (n, S, S) predicted lesion probabilities.
+        weights: (B, n) slice weights of a patient bootstrap (constant within a patient), or
+            None for ones.
+        threshold: lesion-probability threshold of the predicted mask.
+
+    Returns:
+        Metric name -> (B,) values; NaN where no weighted patient qualifies.
+    """
+    c = _counts(masks, prob, threshold)
+    keys, first, inverse = np.unique(patients, return_index=True, return_inverse=True)
+    w = np.ones((1, len(patients))) if weights is None else np.asarray(weights, np.float64)
+    w_patient = w[:, first]  # (B, P): how often each patient was drawn
+
+    def per_patient(x: np.ndarray) -> np.ndarray:
+        return np.bincount(inverse, weights=x, minlength=len(keys))  # (P,)
+
+    inter, pred, true = per_patient(c.inter), per_patient(c.pred), per_patient(c.true)
+    lesion_patient = true > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = 2 * inter / (pred + true)  # (P,)
+        wl = w_patient[:, lesion_patient]
+        mean_dice = (wl * dice[lesion_patient]).sum(axis=1) / wl.sum(axis=1)
+        sens = (w_patient @ per_patient(c.found)) / (w_patient @ per_patient(c.lesions))
+        wn = w_patient[:, ~lesion_patient]
+        fp = (wn * (pred[~lesion_patient] > 0)).sum(axis=1) / wn.sum(axis=1)
+    return {"dice": mean_dice, "lesion_sensitivity": sens, "normal_false_positive": fp}
+
+
+class SegmentationTask:
+    """Lesion masks from a MONAI 2D UNet trained with Dice + cross-entropy."""
+
+    metrics = SEGMENTATION_METRICS
+    needs_masks = True
+
+    def train(
+        self,
+        train: Split,
+        val: Split,
+        n_classes: int,
+        cfg: EvaluateConfig,
+        seed: int,
+        classic: bool,
+        device: torch.device,
+        steps_per_epoch: int | None = None,
+    ) -> tuple[torch.nn.Module, list[float]]:
+        return train_segmenter(train, val, cfg, seed, classic, device, steps_per_epoch)
+
+    def predict(
+        self, model: torch.nn.Module, images: np.ndarray, device: torch.device
+    ) -> np.ndarray:
+        return _predict(model, images, device)
+
+    def calibrate(self, truth: Split, pred: np.ndarray) -> float | None:
+        if truth.masks is None:
+            return None
+        scores = [_pooled_dice(truth.masks, pred, float(t)) for t in THRESHOLDS]
+        return float(THRESHOLDS[int(np.argmax(scores))])
+
+    def score(
+        self,
+        truth: Split,
+        pred: np.ndarray,
+        weights: np.ndarray | None = None,
+        decision: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        if truth.masks is None:
+            raise ValueError("expected test masks for the segmentation task, got none")
+        threshold = 0.5 if decision is None else decision
+        return segmentation_metrics(truth.masks, truth.patients, pred, weights, threshold)
+
+    def floors(
+        self, data: ExperimentData, features: dict[str, np.ndarray]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        empty = {s: np.zeros(getattr(data, s).images.shape[:1] + data.test.images.shape[2:],
+                             np.float16) for s in ("val", "test")}  # fmt: skip
+        out = {"empty_mask": (empty["val"], empty["test"])}
+        rule = fit_intensity_threshold(data.train)
+        out["intensity_threshold"] = (rule(data.val.images), rule(data.test.images))
+        return out
+
+
+def fit_intensity_threshold(train: Split) -> Callable[[np.ndarray], np.ndarray]:
+    """The best single-intensity rule on the training slices: pixels below (or above) a level.
+
+    The level and direction maximise pooled Dice on the training slices' masks; the returned
+    function maps (n, C, S, S) images to (n, S, S) 0/1 masks (channel 0).
+    """
+    images = np.asarray(train.images[:, 0], np.float32)
+    masks = train.masks if train.masks is not None else np.zeros(images.shape, np.uint8)
+    best = (-1.0, 0.0, 1)
+    for level in np.linspace(-0.9, 0.9, 37):
+        for sign in (1, -1):  # 1: brighter than level; -1: darker (but not air)
+            pred = (images > level) if sign == 1 else ((images < level) & (images > -0.9))
+            dice = _pooled_dice(masks, pred.astype(np.float32), 0.5)
+            if dice > best[0]:
+                best = (dice, float(level), sign)
+    _, level, sign = best
+
+    def rule(x: np.ndarray) -> np.ndarray:
+        img = np.asarray(x[:, 0], np.float32)
+        pred = (img > level) if sign == 1 else ((img < level) & (img > -0.9))
+        return pred.astype(np.float16)
+
+    return rule
