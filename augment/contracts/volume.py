@@ -19,7 +19,7 @@ class Volume:
         image: float32 (Z, Y, X), physical units (HU for CT).
         spacing: voxel size (z, y, x) in mm.
         patient: pseudonymised patient id (never the id found in the input).
-        source: path of the input, relative to its input root.
+        source: ``<pseudonym>/series-<n>`` (never a path: folders carry names).
         modality: "CT", "MR", ... ("OT" when unknown).
         mask: optional uint8 label ids, same shape as ``image``.
     """

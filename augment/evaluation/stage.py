@@ -1,14 +1,15 @@
 """``augment evaluate``: does the synthetic data help? Gain experiment, fidelity, memorisation.
 
-The gain experiment (:mod:`augment.evaluation.experiment`) trains a classifier in four arms
-(real, real with classic augmentation, real with synthetic slices, both), with seeds paired
-across arms; this module gathers its data from the slice store and the synthetic set, checks
+For each evaluation task (:mod:`augment.evaluation.tasks`: classification, segmentation), the
+gain experiment (:mod:`augment.evaluation.experiment`) trains the task's model in four arms
+(real, real with classic augmentation, real with synthetic slices, both) with seeds paired
+across arms, scores untrained floors beside them, and :mod:`augment.evaluation.verdict` reads
+the answer. This module gathers the data from the slice store and the synthetic set, checks
 fairness, measures fidelity and memorisation, and writes the reports.
 
 Fairness: every arm gets exactly the real patients the GAN was trained on (recorded in the
-model's ``config.json``); the best epoch is chosen on the val split; metrics are computed on the
-test split only, with 95% intervals from a bootstrap over test patients (the same draws for every
-arm and seed, so the gains are paired).
+model's ``config.json``); model selection and thresholds use the val split; metrics are computed
+on the test split only, with 95% intervals from a bootstrap over test patients and seeds.
 """
 
 from __future__ import annotations

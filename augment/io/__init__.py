@@ -1,1 +1,1 @@
-"""Readers and writers: Volumes in, SliceStores and synthetic sets out, all written atomically."""
+"""Generic file helpers: atomic writes, JSON reading, the Part 10 DICOM dataset skeleton."""

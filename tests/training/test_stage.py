@@ -25,7 +25,7 @@ from augment.training.losses.hinge import HingeLoss
 from augment.training.stage import train
 from augment.training.step import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_store(

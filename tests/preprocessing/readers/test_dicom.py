@@ -8,7 +8,6 @@ from dataclasses import replace
 import numpy as np
 import pydicom
 import pytest
-from badinputs import SPACING, dicom_slice, make_dicom_corpus, phantom, write_dicom_series
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
@@ -17,6 +16,13 @@ from pydicom.uid import JPEGLSLossless, generate_uid
 
 from augment.errors import InputError
 from augment.preprocessing.readers.dicom import read_series, scan_dicom
+from tests.preprocessing.badinputs import (
+    SPACING,
+    dicom_slice,
+    make_dicom_corpus,
+    phantom,
+    write_dicom_series,
+)
 
 
 def _read_one(root):

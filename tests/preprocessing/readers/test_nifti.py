@@ -5,7 +5,6 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from badinputs import SPACING, phantom, write_decathlon, write_nifti, write_ras_nifti
 
 from augment.errors import InputError
 from augment.preprocessing.readers.nifti import (
@@ -13,6 +12,13 @@ from augment.preprocessing.readers.nifti import (
     find_cases,
     read_label_names,
     read_nifti,
+)
+from tests.preprocessing.badinputs import (
+    SPACING,
+    phantom,
+    write_decathlon,
+    write_nifti,
+    write_ras_nifti,
 )
 
 
@@ -86,7 +92,7 @@ def test_mask_pattern(tmp_path):
     [("cut", "truncated"), ("garbage", "NIfTI"), ("shape", "mask of shape"), ("geom", "geometry")],
 )
 def test_damaged_files_and_mismatched_masks_are_input_errors(tmp_path, case, match):
-    from badinputs import make_nifti_corpus
+    from tests.preprocessing.badinputs import make_nifti_corpus
 
     make_nifti_corpus(tmp_path)
     with pytest.raises(InputError, match=match) as err:

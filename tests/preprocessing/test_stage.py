@@ -7,15 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from badinputs import (
-    IDENTIFIERS,
-    SPACING,
-    make_dicom_corpus,
-    make_nifti_corpus,
-    phantom,
-    write_decathlon,
-    write_dicom_series,
-)
 from typer.testing import CliRunner
 
 from augment.config import PreprocessConfig, SplitConfig, WindowConfig
@@ -33,6 +24,15 @@ from augment.preprocessing.arrays import (
 )
 from augment.preprocessing.privacy import ENV_VAR
 from augment.preprocessing.stage import preprocess
+from tests.preprocessing.badinputs import (
+    IDENTIFIERS,
+    SPACING,
+    make_dicom_corpus,
+    make_nifti_corpus,
+    phantom,
+    write_decathlon,
+    write_dicom_series,
+)
 
 N_PATIENTS = 6
 
