@@ -269,7 +269,9 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", help="Reports directory.")] = Path("reports"),
     seeds: Annotated[int | None, typer.Option(help="Seeds per arm.")] = None,
     classifier: Annotated[str | None, typer.Option(help="small, densenet121 or resnet18.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Classifier epochs.")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Classifier optimisation steps (the same in every arm).")
+    ] = None,
     synthetic_ratio: Annotated[
         float | None, typer.Option(help="Synthetic slices per real training slice.")
     ] = None,
@@ -279,7 +281,7 @@ def evaluate(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, ...")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Measure whether synthetic slices help a downstream classifier; check fidelity and copying.
+    """Measure whether synthetic slices help downstream models; check fidelity and copying.
 
     Exits 1 after writing the report when the memorisation check fails.
 
@@ -287,7 +289,7 @@ def evaluate(
     """
     cfg = _config(
         EvaluateConfig, "evaluate", params,
-        seeds=seeds, classifier=classifier, epochs=epochs, synthetic_ratio=synthetic_ratio,
+        seeds=seeds, classifier=classifier, steps=steps, synthetic_ratio=synthetic_ratio,
         inception_weights=str(inception_weights) if inception_weights else None, device=device,
     )  # fmt: skip
     from augment.evaluation.memorisation import MemorisationError

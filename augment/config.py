@@ -211,11 +211,20 @@ class EvaluateConfig(_Section):
     )
     classifier: Literal["densenet121", "resnet18", "small"] = "small"
     seeds: int = Field(3, ge=1, le=50)
-    epochs: int = Field(15, ge=1)
+    steps: int = Field(400, ge=1, description="classifier steps, the same in every arm")
     batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, description="classifier peak learning rate (one-cycle)")
+    val_checks: int = Field(8, ge=1, description="val scores per training (the curve)")
+    select: Literal["last", "best"] = Field(
+        "last", description="keep the last weights, or those of the best val check"
+    )
+    drop_ambiguous: bool = Field(
+        True, description="leave slices with a lesion below min_lesion_pixels out of classification"
+    )
     unet_width: int = Field(16, ge=4, le=128, description="segmentation UNet's first channels")
-    seg_lr: float = Field(1e-3, gt=0, description="segmentation learning rate")
+    seg_steps: int = Field(300, ge=1, description="segmentation steps, the same in every arm")
+    seg_batch_size: int = Field(32, ge=2)
+    seg_lr: float = Field(3e-3, gt=0, description="segmentation peak learning rate")
     synthetic_ratio: float = Field(1.0, ge=0)
     bootstrap: int = Field(1000, ge=100)
     memorisation_threshold: float = Field(0.05, ge=0, le=1)

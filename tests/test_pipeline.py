@@ -32,7 +32,7 @@ TINY = {
     "train": {"steps": 30, "ngf": 16, "ndf": 16, "batch_size": 16, "log_every": 5,
               "sample_every": 15, "checkpoint_every": 15},
     "sample": {"n": 40, "batch_size": 20},
-    "evaluate": {"seeds": 2, "epochs": 2, "bootstrap": 200},
+    "evaluate": {"seeds": 2, "steps": 20, "seg_steps": 10, "unet_width": 4, "bootstrap": 200},
 }  # fmt: skip
 
 

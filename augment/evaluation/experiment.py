@@ -138,7 +138,7 @@ def gain_experiment(
 
     Args:
         data: the slices (see :func:`experiment_data`).
-        cfg: the stage's configuration (classifier, seeds, epochs, ratio, bootstrap).
+        cfg: the stage's configuration (classifier, seeds, steps, ratio, bootstrap).
         device: where to train.
         console: where the progress bar goes (None: a default console).
         features: fixed random-network features of ``train``, ``val`` and ``test`` for the
@@ -150,6 +150,15 @@ def gain_experiment(
     """
     task: Task = TASKS.get(task_name)()
     notes = []
+    data, kept = task.view(data, cfg)
+    if kept:
+        dropped = sum(len(getattr(data, s).labels) for s in kept)
+        notes.append(
+            f"Slices with some lesion but below the positive-slice size were left out of this "
+            f"task (evaluate.drop_ambiguous); {dropped} slices remain in train, val and test."
+        )
+        if features is not None:
+            features = {s: f[kept[s]] if s in kept else f for s, f in features.items()}
     usable_idx = usable_synthetic(data, task)
     usable = len(usable_idx)
     n_syn = min(int(round(cfg.synthetic_ratio * len(data.train.labels))), usable)
@@ -174,7 +183,6 @@ def gain_experiment(
             f"{stats.MIN_TEST_PATIENTS} patients and every class in at least "
             f"{stats.MIN_PATIENTS_PER_CLASS} of them; intervals are shown but no gain is marked."
         )
-    steps = -(-len(data.train.labels) // cfg.batch_size)  # one real epoch, for every arm
     if len(seeds) == 1:
         notes.append(
             "One seed per arm: the intervals cover the test patients but not training randomness "
@@ -190,7 +198,7 @@ def gain_experiment(
             for arm in arms:
                 train = _arm_training_set(data, arm, n_syn, usable_idx, cfg.seed)
                 model, curve = task.train(
-                    train, data.val, n_classes, cfg, seed, "classic" in arm, device, steps
+                    train, data.val, n_classes, cfg, seed, "classic" in arm, device
                 )
                 val_pred = task.predict(model, data.val.images, device)
                 decisions[arm].append(task.calibrate(data.val, val_pred))

@@ -1,6 +1,9 @@
 """Downstream classifiers of the gain experiment.
 
 - :class:`SmallCNN`: a compact 2D CNN, the default on CPU (a demo run trains it dozens of times).
+  Three stride-2 blocks keep an 8 x 8 map at 64 x 64, and global max pooling lets one small
+  lesion decide: with four blocks and average pooling the net learned the amount of liver in a
+  slice instead, measured on val (docs/results.md).
 - ``densenet121`` / ``resnet18``: MONAI's networks with ``spatial_dims=2``, ``in_channels=1``,
   trained from scratch (no pretrained weights: nothing is downloaded).
 """
@@ -13,30 +16,33 @@ CLASSIFIERS = ("small", "densenet121", "resnet18")
 
 
 class SmallCNN(nn.Module):
-    """Four stride-2 conv blocks, global average pooling and a linear head.
+    """Stride-2 conv blocks, global max pooling and a linear head.
 
     Args:
         n_classes: number of output logits.
         in_channels: image channels.
         width: channels of the first block; each block doubles them.
+        blocks: number of stride-2 blocks (each halves the map).
     """
 
-    def __init__(self, n_classes: int, in_channels: int = 1, width: int = 16) -> None:
+    def __init__(
+        self, n_classes: int, in_channels: int = 1, width: int = 16, blocks: int = 3
+    ) -> None:
         super().__init__()
-        chans = [in_channels, width, width * 2, width * 4, width * 8]
-        blocks: list[nn.Module] = []
+        chans = [in_channels] + [width * 2**i for i in range(blocks)]
+        layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:], strict=True):
-            blocks += [
-                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),  # (B, cout, S/2, S/2)
                 nn.BatchNorm2d(cout),
                 nn.ReLU(inplace=True),
             ]
-        self.body = nn.Sequential(*blocks)
+        self.body = nn.Sequential(*layers)  # (B, width * 2**(blocks-1), S / 2**blocks, ...)
         self.head = nn.Linear(chans[-1], n_classes)
 
     def features(self, x: Tensor) -> Tensor:
-        """Penultimate activations: (B, C, S, S) -> (B, width * 8)."""
-        return self.body(x).mean(dim=(2, 3))  # (B, width*8)
+        """Penultimate activations: (B, C, S, S) -> (B, width * 2**(blocks-1))."""
+        return self.body(x).amax(dim=(2, 3))  # (B, width * 2**(blocks-1))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))  # (B, n_classes)

@@ -87,8 +87,11 @@ def _draw_lesions(
 ) -> list[dict[str, Any]]:
     """Draw 1-5 lesions: organ, centre voxel, radius, shape and contrast.
 
-    Sizes run from ~15 to ~60 mm across, like liver metastases found on CT, so that a lesion
-    still covers a few pixels of a 64 x 64 slice and spans several 5 mm slices.
+    Sizes run from ~21 to ~50 mm across and contrasts from 45 HU below to 80 HU above the organ
+    (nine in ten hypodense), like the liver metastases a radiologist reports on portal-venous CT.
+    Smaller and fainter lesions (down to ~15 mm, 35 HU) left a 64 x 64 slice classifier unable to
+    beat a "how much liver is in the slice" shortcut on 64 training patients (measured on val:
+    docs/results.md), so the demo could not tell whether anything helps.
     """
     n = int(rng.choice([1, 2, 3, 4, 5], p=[0.15, 0.25, 0.25, 0.2, 0.15]))
     lesions = []
@@ -98,7 +101,7 @@ def _draw_lesions(
         if not np.isin(labels, _LESION_ORGANS[organ]).any():
             organ = Tissue.LIVER
         min_r = 1.6 * spacing[2] / g.mm_per_u  # at least ~3 pixels across
-        r = max(float(np.exp(rng.uniform(np.log(0.045), np.log(0.17)))), min_r)
+        r = max(float(np.exp(rng.uniform(np.log(0.07), np.log(0.17)))), min_r)
         lesion = _place(labels, g, rng, organ, r, spacing)
         if lesion is not None:
             lesions.append(lesion)
@@ -123,7 +126,7 @@ def _place(
         if cand.size:
             break
     k, j, i = np.unravel_index(int(rng.choice(cand)), labels.shape)
-    hypo = rng.random() < 0.7
+    hypo = rng.random() < 0.9
     mean = _HU[organ][0]
     return {
         "organ": organ.name.lower(),
@@ -136,7 +139,7 @@ def _place(
             (float(rng.normal(0, 0.5)), float(rng.normal(0, 0.5)))
             for _ in range(int(rng.integers(0, 4)))
         ],  # fmt: skip
-        "delta": float(-rng.uniform(35, min(85, mean - 5)) if hypo else rng.uniform(40, 75)),
+        "delta": float(-rng.uniform(45, min(85, mean - 5)) if hypo else rng.uniform(60, 80)),
         "tissues": _LESION_ORGANS[organ],
     }
 

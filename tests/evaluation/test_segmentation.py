@@ -81,7 +81,9 @@ def test_every_registered_task_runs_end_to_end_on_a_tiny_store() -> None:
     data = gx.ExperimentData(
         train, val, test, syn.images, syn.labels, ["normal", "lesion"], syn.masks
     )
-    cfg = EvaluateConfig(seeds=1, epochs=1, batch_size=8, bootstrap=100, unet_width=4)
+    cfg = EvaluateConfig(
+        seeds=1, steps=10, seg_steps=10, batch_size=8, seg_batch_size=8, bootstrap=100, unet_width=4
+    )
     for name in TASKS.names():
         gain = gx.gain_experiment(data, cfg, torch.device("cpu"), task_name=name)
         assert gain.arms == list(gx.ARMS) and gain.task == name
@@ -95,7 +97,9 @@ def test_segmentation_without_synthetic_masks_skips_the_synthetic_arms() -> None
     data = gx.ExperimentData(
         train, val, test, train.images, train.labels, ["normal", "lesion"], None
     )
-    cfg = EvaluateConfig(seeds=1, epochs=1, batch_size=8, bootstrap=100, unet_width=4)
+    cfg = EvaluateConfig(
+        seeds=1, steps=10, seg_steps=10, batch_size=8, seg_batch_size=8, bootstrap=100, unet_width=4
+    )
     gain = gx.gain_experiment(data, cfg, torch.device("cpu"), task_name="segmentation")
     assert gain.arms == ["real", "real_classic"] and gain.notes
     assert SegmentationTask.needs_masks

@@ -61,7 +61,7 @@ def _cfg(**kw) -> EvaluateConfig:
     # The toy patients are noisy copies of one disc: near-duplicates only above 0.999 here.
     base = dict(
         seeds=2,
-        epochs=2,
+        steps=20,
         batch_size=16,
         bootstrap=100,
         memorisation_threshold=0.2,
@@ -83,7 +83,7 @@ def test_every_arm_trains_on_exactly_the_gan_patients_and_never_on_val_or_test(
         return real_train(train, val, *args, **kwargs)
 
     monkeypatch.setattr(classification, "train_classifier", spy)
-    gain = gx.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
+    gain = gx.gain_experiment(data, _cfg(seeds=1, steps=10), CPU)
     n = len(data.train.labels)
     held = np.concatenate([data.val.images, data.test.images]).reshape(-1, S * S)
     for images, _ in seen:
@@ -99,7 +99,7 @@ def test_test_split_never_influences_training_or_model_selection() -> None:
     clean = _data()
     poisoned = _data()
     poisoned.test.images[:] = np.nan  # would break any training or selection that saw it
-    cfg = _cfg(seeds=1, epochs=2)
+    cfg = _cfg(seeds=1, steps=20)
     a = gx.gain_experiment(clean, cfg, CPU)
     b = gx.gain_experiment(poisoned, cfg, CPU)
     assert a.val_curves == b.val_curves and a.best_epoch == b.best_epoch
@@ -107,7 +107,7 @@ def test_test_split_never_influences_training_or_model_selection() -> None:
 
 
 def test_same_seed_same_results_and_seeds_are_paired_across_arms() -> None:
-    data, cfg = _data(), _cfg(seeds=2, epochs=1)
+    data, cfg = _data(), _cfg(seeds=2, steps=10)
     a, b = gx.gain_experiment(data, cfg, CPU), gx.gain_experiment(data, cfg, CPU)
     for arm in a.arms:
         assert np.array_equal(a.probs[arm], b.probs[arm])
@@ -126,7 +126,7 @@ def test_gains_are_paired_differences_of_arm_means() -> None:
 
 
 def test_noise_generator_has_large_fid_and_no_gain(tmp_path: Path) -> None:
-    summary = ev.run(_data("noise"), _cfg(seeds=2, epochs=2), CPU, {}, None, tmp_path / "r")
+    summary = ev.run(_data("noise"), _cfg(seeds=2, steps=20), CPU, {}, None, tmp_path / "r")
     fid = summary["fidelity"]
     assert fid["synthetic"]["fid"] > 5 * fid["baseline"]["fid"]
     assert fid["synthetic"]["precision"] < fid["baseline"]["precision"]
@@ -143,7 +143,7 @@ def test_noise_generator_has_large_fid_and_no_gain(tmp_path: Path) -> None:
 def test_copying_generator_fails_the_gate_after_writing_the_report(tmp_path: Path) -> None:
     out = tmp_path / "reports"
     with pytest.raises(AugmentError, match="memorisation check failed"):
-        ev.run(_data("copy"), _cfg(seeds=1, epochs=1), CPU, {}, None, out)
+        ev.run(_data("copy"), _cfg(seeds=1, steps=10), CPU, {}, None, out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["memorisation_passed"] is False
     assert metrics["copy_rate"] == 1.0
@@ -188,7 +188,7 @@ def test_outputs_are_complete_self_contained_and_free_of_patient_keys(tmp_path: 
 def test_unconditional_synthetic_set_skips_the_synthetic_arms() -> None:
     data = _data()
     data.synthetic_labels[:] = -1
-    gain = gx.gain_experiment(data, _cfg(seeds=1, epochs=1), CPU)
+    gain = gx.gain_experiment(data, _cfg(seeds=1, steps=10), CPU)
     assert gain.arms == ["real", "real_classic"] and gain.notes
 
 
@@ -286,7 +286,7 @@ def test_cli_copying_generator_exits_1_with_the_report_written(tmp_path: Path, m
     monkeypatch.setattr("augment.evaluation.stage.load_synthetic", lambda p: copies)
     model = _model_dir(tmp_path, store.patients("train"))
     params = tmp_path / "params.yaml"
-    params.write_text("evaluate: {seeds: 1, epochs: 1, bootstrap: 100, batch_size: 8}\n")
+    params.write_text("evaluate: {seeds: 1, steps: 10, bootstrap: 100, batch_size: 8}\n")
     out = tmp_path / "reports"
     args = ["evaluate", "--data", str(store.root), "--model", str(model), "--synthetic"]
     args += [str(tmp_path / "syn"), "--out", str(out), "--params", str(params)]
@@ -318,7 +318,7 @@ def test_one_subject_under_several_patient_ids_is_reported_as_leakage(tmp_path: 
         twin = data.train.images[rng.integers(0, len(data.train.images), len(split.images))]
         split.images[:] = np.clip(twin + rng.normal(0, 0.01, twin.shape), -1, 1)
     with pytest.raises(AugmentError, match="memorisation check failed"):
-        ev.run(data, _cfg(seeds=1, epochs=1), CPU, {}, None, tmp_path / "r")
+        ev.run(data, _cfg(seeds=1, steps=10), CPU, {}, None, tmp_path / "r")
     detail = json.loads((tmp_path / "r" / "metrics_detail.json").read_text())
     assert detail["memorisation"]["leakage_between_splits"] is True
     assert detail["memorisation"]["leakage_rate"] > 0.9
@@ -327,6 +327,6 @@ def test_one_subject_under_several_patient_ids_is_reported_as_leakage(tmp_path: 
 
 
 def test_distinct_patients_are_not_leakage(tmp_path: Path) -> None:
-    summary = ev.run(_data(), _cfg(seeds=1, epochs=1), CPU, {}, None, tmp_path / "r")
+    summary = ev.run(_data(), _cfg(seeds=1, steps=10), CPU, {}, None, tmp_path / "r")
     assert summary["memorisation"]["leakage_between_splits"] is False
     assert summary["tasks"]["classification"]["verdict"]["verdict"] != "leakage between splits"

@@ -166,7 +166,7 @@ def curves_figure(logs: dict[str, list[tuple[float, float]]], gains: dict[str, G
             curve = np.mean(np.array(gain.val_curves[arm]), axis=0)
             ax.plot(np.arange(1, len(curve) + 1), curve, label=arm)
         ax.set_title(f"{task}: {_VAL_SCORE.get(task, 'val score')} (mean over seeds)", fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_xlabel("val check (evenly spaced over training)", fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)

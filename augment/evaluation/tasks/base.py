@@ -36,13 +36,19 @@ class Task(Protocol):
         seed: int,
         classic: bool,
         device: torch.device,
-        steps_per_epoch: int | None = None,
     ) -> tuple[torch.nn.Module, list[float]]:
         """Train one arm's model for one seed; return it and its validation curve.
 
         ``train`` holds the arm's real slices and, in the synthetic arms, the synthetic ones
         after them (patient ``synthetic``).
         """
+        ...
+
+    def view(
+        self, data: ExperimentData, cfg: EvaluateConfig
+    ) -> tuple[ExperimentData, dict[str, np.ndarray]]:
+        """The slices this task trains and scores on, and for each real split that it thins
+        out, the indices it kept (``{}``: the data as it is)."""
         ...
 
     def predict(

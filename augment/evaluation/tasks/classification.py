@@ -12,7 +12,7 @@ specificity reads the ROC curve itself and needs no threshold.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from augment.config import EvaluateConfig
 from augment.evaluation.floors import SHORTCUTS, fit_probe, shortcut_statistics
-from augment.evaluation.tasks.base import batches
+from augment.evaluation.tasks import augmentation
 from augment.nets.classifier import build_classifier
 
 if TYPE_CHECKING:
@@ -134,45 +134,6 @@ def _weighted_auc(w: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.
     return pairs / (w_pos.sum(axis=1) * w_neg.sum(axis=1))
 
 
-def classic_augmentation(seed: int, group: int = 8) -> Callable[[torch.Tensor], torch.Tensor]:
-    """MONAI augmentation of a batch (B, 1, S, S), seeded.
-
-    Left-right flips, rotations up to 15 degrees, intensity scaling and shifting by up to 10%:
-    the changes a radiologist would call "the same image". One random draw covers a group of
-    ``group`` slices (stacked as channels): MONAI's per-call overhead, not the arithmetic,
-    dominates on CPU, and batches are reshuffled every epoch so the groups keep changing.
-    """
-    from monai.transforms import (
-        Compose,
-        RandFlip,
-        RandRotate,
-        RandScaleIntensity,
-        RandShiftIntensity,
-    )
-    from monai.utils import convert_to_tensor
-
-    chain = Compose(
-        [
-            RandFlip(prob=0.5, spatial_axis=1),
-            RandRotate(range_x=np.pi / 12, prob=0.5, padding_mode="border"),
-            RandScaleIntensity(factors=0.1, prob=0.5),
-            RandShiftIntensity(offsets=0.1, prob=0.5),
-        ]
-    )
-    chain.set_random_state(seed)
-
-    def apply(batch: torch.Tensor) -> torch.Tensor:
-        # Plain tensors out: a MetaTensor would route every op of the network through MONAI's
-        # metadata tracking and make training several times slower.
-        parts = [
-            convert_to_tensor(chain(batch[i : i + group, 0]), track_meta=False)  # (g, S, S)
-            for i in range(0, len(batch), group)
-        ]
-        return torch.cat(parts)[:, None].clamp(-1, 1)  # (B, 1, S, S)
-
-    return apply
-
-
 def _predict(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
     model.eval()
     out = []
@@ -191,6 +152,11 @@ def _val_score(y: np.ndarray, prob: np.ndarray) -> float:
     return float(prob[np.arange(len(y)), y].mean()) - 1.0
 
 
+def val_checkpoints(steps: int, checks: int) -> set[int]:
+    """The steps after which the val split is scored (evenly spaced, the last step included)."""
+    return {int(round(steps * (i + 1) / checks)) for i in range(min(checks, steps))}
+
+
 def train_classifier(
     train: Split,
     val: Split,
@@ -199,64 +165,90 @@ def train_classifier(
     seed: int,
     classic: bool,
     device: torch.device,
-    steps_per_epoch: int | None = None,
 ) -> tuple[torch.nn.Module, list[float]]:
-    """Train one arm's classifier for one seed; keep the epoch with the best val AUC.
+    """Train one arm's classifier for one seed: ``evaluate.steps`` steps, the same in every arm.
 
-    Every arm gets the same number of optimisation steps (``steps_per_epoch`` per epoch, set
-    from the real training set), so that an arm with synthetic slices does not win merely by
-    being trained longer; its batches are drawn from the larger pool instead.
+    The recipe, measured on the demo's val split (docs/results.md): class-balanced batches
+    (lesion slices are rare, and arms differ in class balance), flips, small rotations, zooms,
+    shifts and intensity changes on every batch, Adam with a one-cycle cosine schedule, and the
+    last weights (``evaluate.select: last``) or the best val AUC of ``evaluate.val_checks``
+    checks (``best``). An arm with synthetic slices draws its batches from the larger pool
+    rather than training longer.
 
     Args:
         train: the arm's training slices (images (n, C, S, S) float32, labels (n,)).
-        val: the val split (model selection only).
+        val: the val split (curve and, with ``select: best``, model selection).
         n_classes: number of classes.
-        cfg: epochs, batch size, learning rate, classifier name.
-        seed: fixes the initial weights, batch order and augmentation draws.
-        classic: apply :func:`classic_augmentation` to each batch.
+        cfg: steps, batch size, learning rate, classifier name, selection.
+        seed: fixes the initial weights, batches and augmentation draws.
+        classic: add :func:`augmentation.classic_intensity` to each batch.
         device: where to train.
-        steps_per_epoch: optimisation steps between two val checks (None: one pass).
 
     Returns:
-        The model with the best epoch's weights, and the val score of every epoch.
+        The trained model and the val AUC at each check.
+
+    Raises:
+        RuntimeError: no val check gave a finite score (``select: best``).
     """
     images, labels = train.images, train.labels
     torch.manual_seed(seed)
     model = build_classifier(cfg.classifier, n_classes, images.shape[1]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, cfg.lr, total_steps=cfg.steps, pct_start=0.15, anneal_strategy="cos"
+    )
+    gen = torch.Generator().manual_seed(seed)
     counts = np.bincount(labels, minlength=n_classes).clip(min=1)
-    # Inverse-frequency weights: lesion slices are rarer, and arms differ in class balance.
-    weight = torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32, device=device)
-    order = torch.Generator().manual_seed(seed)
-    augment = classic_augmentation(seed) if classic else None
+    draw_weight = torch.from_numpy(1.0 / counts[labels])  # each class drawn equally often
+    extra = augmentation.classic_intensity(seed) if classic else None
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
-    steps = steps_per_epoch or -(-len(labels) // cfg.batch_size)
-    batches_ = batches(len(labels), cfg.batch_size, order)
+    checks = val_checkpoints(cfg.steps, cfg.val_checks)
     best, best_state, curve = -np.inf, None, []
-    for _ in range(cfg.epochs):
+    for step in range(1, cfg.steps + 1):
         model.train()
-        for _ in range(steps):
-            idx = next(batches_)
-            x = augment(x_all[idx]) if augment else x_all[idx]  # (B, 1, S, S)
-            loss = F.cross_entropy(model(x.to(device)), y_all[idx].to(device), weight=weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        score = _val_score(val.labels, _predict(model, val.images, device))
-        curve.append(score)
-        if score > best:
-            best, best_state = score, copy.deepcopy(model.state_dict())
-    if best_state is None:
-        raise RuntimeError(
-            f"expected an epoch with a val score above -inf to keep, got scores {curve} "
-            f"over {cfg.epochs} epochs"
-        )
-    model.load_state_dict(best_state)
+        idx = torch.multinomial(draw_weight, cfg.batch_size, replacement=True, generator=gen)
+        x = augmentation.apply(x_all[idx], augmentation.draw(len(idx), gen))
+        x = extra(x) if extra else x  # (B, C, S, S)
+        loss = F.cross_entropy(model(x.to(device)), y_all[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step in checks:
+            score = _val_score(val.labels, _predict(model, val.images, device))
+            curve.append(score)
+            if cfg.select == "best" and score > best:
+                best, best_state = score, copy.deepcopy(model.state_dict())
+    if cfg.select == "best":
+        if best_state is None:
+            raise RuntimeError(f"no val check gave a finite AUC (curve {curve})")
+        model.load_state_dict(best_state)
     return model.eval(), curve
 
 
+def _ambiguous(split: Split) -> np.ndarray:
+    """Slices labelled normal whose mask shows some lesion (below the positive-slice size)."""
+    if split.masks is None:
+        return np.zeros(len(split.labels), bool)
+    some = split.masks.reshape(len(split.masks), -1).any(axis=1)
+    return some & (split.labels == 0)
+
+
+def _take(split: Split, idx: np.ndarray) -> Split:
+    masks = None if split.masks is None else split.masks[idx]
+    return dataclasses.replace(
+        split, images=split.images[idx], labels=split.labels[idx],
+        patients=split.patients[idx], masks=masks,
+    )  # fmt: skip
+
+
 class ClassificationTask:
-    """Slice classes from a classifier (``evaluate.classifier``) trained with weighted CE."""
+    """Slice classes from a classifier (``evaluate.classifier``), class-balanced batches.
+
+    With ``evaluate.drop_ambiguous``, slices that show some lesion but fewer than
+    ``preprocess.min_lesion_pixels`` pixels are neither clearly normal nor clearly lesion and
+    are left out of this task (train, val and test alike); the segmentation task keeps them.
+    """
 
     metrics = CLASSIFICATION_METRICS
     needs_masks = False
@@ -270,9 +262,20 @@ class ClassificationTask:
         seed: int,
         classic: bool,
         device: torch.device,
-        steps_per_epoch: int | None = None,
     ) -> tuple[torch.nn.Module, list[float]]:
-        return train_classifier(train, val, n_classes, cfg, seed, classic, device, steps_per_epoch)
+        return train_classifier(train, val, n_classes, cfg, seed, classic, device)
+
+    def view(
+        self, data: ExperimentData, cfg: EvaluateConfig
+    ) -> tuple[ExperimentData, dict[str, np.ndarray]]:
+        if not cfg.drop_ambiguous:
+            return data, {}
+        keep = {s: np.flatnonzero(~_ambiguous(getattr(data, s))) for s in ("train", "val", "test")}
+        if all(len(k) == len(getattr(data, s).labels) for s, k in keep.items()):
+            return data, {}
+        parts = {s: _take(getattr(data, s), k) for s, k in keep.items()}
+        view = dataclasses.replace(data, train=parts["train"], val=parts["val"], test=parts["test"])
+        return view, keep
 
     def predict(
         self, model: torch.nn.Module, images: np.ndarray, device: torch.device

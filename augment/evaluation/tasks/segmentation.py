@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from augment.config import EvaluateConfig
-from augment.evaluation.tasks.base import batches
+from augment.evaluation.tasks import augmentation
+from augment.evaluation.tasks.classification import val_checkpoints
 
 if TYPE_CHECKING:
     from augment.evaluation.experiment import ExperimentData, Split
@@ -46,24 +47,6 @@ def build_unet(in_channels: int, width: int) -> torch.nn.Module:
         strides=(2, 2, 2),
         num_res_units=1,
     )
-
-
-def _paired_augment(
-    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw flips, quarter turns and an intensity change per slice, then apply them to both."""
-    n = len(x)
-    flip = torch.rand(n, generator=gen) < 0.5
-    turns = torch.randint(0, 4, (n,), generator=gen)
-    scale = 1 + (torch.rand(n, generator=gen) - 0.5) * 0.2  # +-10%
-    shift = (torch.rand(n, generator=gen) - 0.5) * 0.2
-    x, y = x.clone(), y.clone()
-    x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-    for k in range(1, 4):
-        sel = turns == k
-        x[sel], y[sel] = x[sel].rot90(k, (-2, -1)), y[sel].rot90(k, (-2, -1))
-    x = (x * scale[:, None, None, None] + shift[:, None, None, None]).clamp(-1, 1)
-    return x, y
 
 
 def _dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -99,12 +82,13 @@ def train_segmenter(
     seed: int,
     classic: bool,
     device: torch.device,
-    steps_per_epoch: int | None = None,
 ) -> tuple[torch.nn.Module, list[float]]:
-    """Train one arm's UNet for one seed; keep the epoch with the best val Dice.
+    """Train one arm's UNet for one seed: ``evaluate.seg_steps`` steps in every arm.
 
-    Batches draw lesion slices as often as lesion-free ones (lesions are rare), the same number
-    of steps in every arm; ``classic`` adds paired flips, quarter turns and intensity changes.
+    Batches draw lesion slices as often as lesion-free ones (lesions are rare); every batch gets
+    the paired geometric augmentation of :mod:`augmentation` (image and mask alike), ``classic``
+    adds its intensity augmentation; the last weights are kept, or with ``evaluate.select:
+    best`` those of the best val Dice.
 
     Raises:
         ValueError: the training slices carry no masks.
@@ -114,33 +98,38 @@ def train_segmenter(
     torch.manual_seed(seed)
     model = build_unet(train.images.shape[1], cfg.unet_width).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, cfg.seg_lr, total_steps=cfg.seg_steps, pct_start=0.15, anneal_strategy="cos"
+    )
     gen = torch.Generator().manual_seed(seed)
     x_all = torch.from_numpy(np.asarray(train.images, np.float32))
     y_all = torch.from_numpy(np.asarray(train.masks > 0, np.int64))
-    has = (train.masks.reshape(len(train.masks), -1) > 0).any(axis=1)
-    pools = [torch.from_numpy(np.flatnonzero(~has)), torch.from_numpy(np.flatnonzero(has))]
-    pools = [p for p in pools if len(p)]
-    streams = [batches(len(p), max(2, cfg.batch_size // len(pools)), gen) for p in pools]
-    steps = steps_per_epoch or -(-len(train.labels) // cfg.batch_size)
+    has = torch.from_numpy((train.masks.reshape(len(train.masks), -1) > 0).any(axis=1))
+    counts = torch.bincount(has.long(), minlength=2).clamp(min=1)
+    draw_weight = 1.0 / counts[has.long()].double()  # lesion slices as often as the others
+    extra = augmentation.classic_intensity(seed) if classic else None
+    checks = val_checkpoints(cfg.seg_steps, cfg.val_checks)
     best, best_state, curve = -np.inf, None, []
-    for _ in range(cfg.epochs):
+    for step in range(1, cfg.seg_steps + 1):
         model.train()
-        for _ in range(steps):
-            idx = torch.cat([p[next(s)] for p, s in zip(pools, streams, strict=True)])
-            x, y = x_all[idx], y_all[idx]
-            if classic:
-                x, y = _paired_augment(x, y, gen)
-            loss = _dice_ce(model(x.to(device)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        score = _pooled_dice(val.masks, _predict(model, val.images, device), 0.5)
-        curve.append(score)
-        if score > best:
-            best, best_state = score, copy.deepcopy(model.state_dict())
-    if best_state is None:
-        raise RuntimeError(f"no epoch gave a finite val Dice (curve {curve})")
-    model.load_state_dict(best_state)
+        idx = torch.multinomial(draw_weight, cfg.seg_batch_size, replacement=True, generator=gen)
+        moves = augmentation.draw(len(idx), gen)
+        x, y = augmentation.apply(x_all[idx], moves), augmentation.apply_to_mask(y_all[idx], moves)
+        x = extra(x) if extra else x  # (B, C, S, S)
+        loss = _dice_ce(model(x.to(device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step in checks:
+            score = _pooled_dice(val.masks, _predict(model, val.images, device), 0.5)
+            curve.append(score)
+            if cfg.select == "best" and score > best:
+                best, best_state = score, copy.deepcopy(model.state_dict())
+    if cfg.select == "best":
+        if best_state is None:
+            raise RuntimeError(f"no val check gave a finite Dice (curve {curve})")
+        model.load_state_dict(best_state)
     return model.eval(), curve
 
 
@@ -233,9 +222,13 @@ class SegmentationTask:
         seed: int,
         classic: bool,
         device: torch.device,
-        steps_per_epoch: int | None = None,
     ) -> tuple[torch.nn.Module, list[float]]:
-        return train_segmenter(train, val, cfg, seed, classic, device, steps_per_epoch)
+        return train_segmenter(train, val, cfg, seed, classic, device)
+
+    def view(
+        self, data: ExperimentData, cfg: EvaluateConfig
+    ) -> tuple[ExperimentData, dict[str, np.ndarray]]:
+        return data, {}
 
     def predict(
         self, model: torch.nn.Module, images: np.ndarray, device: torch.device
