@@ -34,8 +34,13 @@ app = typer.Typer(
 )
 
 ParamsOpt = Annotated[
-    Path, typer.Option("--params", help="Parameter file; the stage reads its own section.")
+    Path | None,
+    typer.Option(
+        "--params",
+        help="Parameter file; the stage reads its own section. [default: params.yaml if present]",
+    ),
 ]
+DEFAULT_PARAMS = Path("params.yaml")
 _state: dict[str, bool] = {"debug": False}
 
 
@@ -84,8 +89,11 @@ def _show(table: Any) -> None:
     Console(stderr=True).print(table)
 
 
-def _config(cls: Any, section: str, params: Path, **overrides: Any) -> Any:
-    return _run(load, cls, section, params, overrides)
+def _config(cls: Any, section: str, params: Path | None, **overrides: Any) -> Any:
+    # params.yaml is optional; a file named with --params must exist (a typo is not "defaults").
+    if params is not None and not params.exists():
+        raise _fail(f"--params {params}: no such file")
+    return _run(load, cls, section, params or DEFAULT_PARAMS, overrides)
 
 
 @app.command()
@@ -98,7 +106,7 @@ def phantoms(
         float | None, typer.Option(help="Share of patients with lesions.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Write the demo data set: CT-like phantoms as DICOM series and NIfTI (MSD layout).
 
@@ -138,7 +146,7 @@ def preprocess(
     fmt: Annotated[
         str | None, typer.Option("--format", help="Input format: auto, dicom or nifti.")
     ] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Turn DICOM series and NIfTI volumes into a patient-split SliceStore.
 
@@ -173,7 +181,7 @@ def train(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="A few tiny steps end to end, for smoke tests.")
     ] = False,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Train the DCGAN on the train split of a SliceStore.
 
@@ -221,7 +229,7 @@ def sample(
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite", help="Replace an existing output.")
     ] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Sample a synthetic data set (nnU-Net layout by default) from a model directory.
 
@@ -279,7 +287,7 @@ def evaluate(
         Path | None, typer.Option(help="Local Inception FID weights (adds standard FID).")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, ...")] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
 ) -> None:
     """Measure whether synthetic slices help downstream models; check fidelity and copying.
 

@@ -7,6 +7,7 @@ out-of-range value becomes a :class:`ConfigError` whose message names the key.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -50,7 +51,11 @@ def _reader_or_auto(name: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: a learning rate of .inf or a window of .nan is refused here, by name,
+    # instead of training to non-finite weights or writing a NaN data set.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 class PhantomsConfig(_Section):
@@ -279,7 +284,19 @@ def read_params(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise ConfigError(f"{path}: expected a mapping of stage sections, got {kind}")
+    for name in data:
+        near = difflib.get_close_matches(str(name), list(STAGES), n=1, cutoff=0.75)
+        if near and name not in STAGES:
+            raise ConfigError(
+                f"{path}: unknown section {str(name)[:40]!r}; did you mean {near[0]!r}?"
+            )
     return data
+
+
+def _quote(value: Any, limit: int = 80) -> str:
+    """repr of a value, cut to ``limit`` characters (a YAML alias bomb must not flood a line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load(cls: type[C], section: str, params: Path, overrides: dict[str, Any] | None = None) -> C:
@@ -297,22 +314,34 @@ def load(cls: type[C], section: str, params: Path, overrides: dict[str, Any] | N
     Raises:
         ConfigError: an unknown key, a wrong type or an out-of-range value, named.
     """
-    values = dict(read_params(params).get(section) or {})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    found = read_params(params).get(section)
+    if found is not None and not isinstance(found, dict):
+        kind = type(found).__name__
+        raise ConfigError(f"{params}: {section}: expected a mapping of keys, got {kind}")
+    values = dict(found or {})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(given)
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, params, section)) from exc
+        raise ConfigError(_describe(exc, params, section, set(given))) from exc
 
 
-def _describe(exc: ValidationError, params: Path, section: str) -> str:
+def _describe(exc: ValidationError, params: Path, section: str, options: set[str]) -> str:
     err = exc.errors()[0]
-    key = ".".join([section, *(str(p) for p in err["loc"])])
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join([section, *loc])
+    # Blame the source of the value: a command-line option, or the params file.
+    option = f"--{loc[0].replace('_', '-')} ({key})" if loc and loc[0] in options else ""
+    where = option or f"{params}: {key}"
     if err["type"] == "extra_forbidden":
         return f"{params}: unknown key {key}"
     got = err.get("input")
     if err["type"] == "value_error":  # a registry's message already names the allowed values
         msg = str(err.get("ctx", {}).get("error", err["msg"]))
-        return f"{params}: {key}: {msg}"
+        return f"{where}: {msg}"
+    if err["type"] == "literal_error":  # pydantic's own "literal[...]" text is not for users
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{where}: expected one of {allowed}, got {_quote(got)}"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{params}: {key}: {err['msg'].lower()}, got {got!r}{more}"
+    return f"{where}: {err['msg'].lower()}, got {_quote(got)}{more}"

@@ -95,7 +95,7 @@ def timed(cmd: list[str], cores: str | None) -> tuple[float, float]:
 
 def augment_cmd(model: Path, out: Path, n: int, fmt: str, bs: int) -> list[str]:
     """The ``augment sample`` command line (through ``python -m augment``)."""
-    params = out.parent / "none.yaml"  # no params file: defaults and options only
+    params = os.devnull  # no params file: defaults and options only
     return [
         sys.executable, "-m", "augment", "sample", "--n", str(n), "--model", str(model),
         "--out", str(out), "--format", fmt, "--batch-size", str(bs), "--device", "cpu",

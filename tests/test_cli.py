@@ -1,5 +1,7 @@
 """The command line, in process: help, version, and one-line errors without tracebacks."""
 
+import os
+
 import pytest
 from typer.testing import CliRunner
 
@@ -42,8 +44,14 @@ def test_bad_param_is_one_line_naming_the_key(tmp_path):
 
 def test_option_out_of_range_is_refused(tmp_path):
     result = runner.invoke(
-        app, ["phantoms", "--patients", "1", "--out", str(tmp_path / "x"), "--params", "none.yaml"]
+        app, ["phantoms", "--patients", "1", "--out", str(tmp_path / "x"), "--params", os.devnull]
     )
     assert result.exit_code == 1
     assert "phantoms.patients" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_params_file_named_but_missing_is_an_error(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--params", str(tmp_path / "pramas.yaml")])
+    assert result.exit_code == 1
+    assert "pramas.yaml: no such file" in result.output

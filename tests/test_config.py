@@ -61,3 +61,38 @@ def test_explicit_window_is_accepted(tmp_path):
     p = _params(tmp_path, "preprocess:\n  window: {center: 40, width: 400}\n")
     cfg = load(PreprocessConfig, "preprocess", p)
     assert (cfg.window.center, cfg.window.width) == (40, 400)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("train:\n  lr_g: .inf\n", "train.lr_g"),
+        ("train:\n  lr_d: .nan\n", "train.lr_d"),
+        ("train: [1, 2]\n", "train: expected a mapping of keys, got list"),
+        ("trian:\n  steps: 10\n", "unknown section 'trian'; did you mean 'train'?"),
+        ("train:\n  device: [" + ", ".join(["x" * 50] * 200) + "]\n", "..."),
+    ],
+)
+def test_hostile_params_are_refused_on_one_short_line(tmp_path, text, needle):
+    p = _params(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load(TrainConfig, "train", p)
+    message = str(err.value)
+    assert needle in message and "\n" not in message and len(message) < 300
+
+
+def test_user_sections_of_their_own_are_left_alone(tmp_path):
+    # The templates keep their data paths in a `data:` section for dvc.yaml's templating.
+    p = _params(tmp_path, "data:\n  nifti: raw\ntrain:\n  steps: 5\n")
+    assert load(TrainConfig, "train", p).steps == 5
+
+
+def test_an_option_is_blamed_as_the_option_not_as_the_params_file(tmp_path):
+    p = _params(tmp_path, "train:\n  steps: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load(TrainConfig, "train", p, {"batch_size": 0})
+    assert str(err.value).startswith("--batch-size (train.batch_size):")
+    assert str(p) not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load(PreprocessConfig, "preprocess", p, {"axis": "diagonal"})
+    assert "literal" not in str(err.value) and "'axial'" in str(err.value)

@@ -147,7 +147,7 @@ def test_pipeline_template_runs_on_phantoms_in_its_layout(tmp_path, template, la
     tiny = [f"--{k}={v}" for k, v in TINY["phantoms"].items()]
     _sh(root, "git", "init", "-q")
     _sh(root, "dvc", "init", "-q")
-    _sh(root, "augment", "phantoms", "--out", str(raw), "--params", "none.yaml", *tiny)
+    _sh(root, "augment", "phantoms", "--out", str(raw), *tiny)  # no params.yaml here: defaults
     assert (raw / layout).is_dir()
     output = _sh(root, "dvc", "repro", f"{template}/dvc.yaml")
     assert _ran(output) == ["preprocess", "train", "sample", "evaluate"]

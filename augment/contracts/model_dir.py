@@ -155,13 +155,25 @@ def load_generator(
         spec = DCGANSpec.from_dict(config["spec"])
     except (TypeError, ValueError) as exc:
         raise StoreError(f"{model_dir / CONFIG_FILE}: invalid spec: {exc}") from exc
+    _check_spec_bounds(spec, model_dir / CONFIG_FILE)
     weights = model_dir / GENERATOR_FILE
     if not weights.is_file():
         raise StoreError(f"{model_dir}: not a model directory, {GENERATOR_FILE} is missing")
+    checksum = sha256_file(weights)
+    recorded = config.get("generator_sha256")
+    if recorded is not None and recorded != checksum:
+        raise StoreError(
+            f"{weights}: expected the weights whose sha256 {CONFIG_FILE} records "
+            f"({str(recorded)[:12]}...), got other weights ({checksum[:12]}...): the file was "
+            "changed after training"
+        )
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own SafetensorError on corrupt files
         raise StoreError(f"{weights}: unreadable weights ({exc})") from exc
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all())
+    if bad:
+        raise StoreError(f"{weights}: expected finite weights, got NaN or inf in {bad[:3]}")
     generator = Generator(spec)
     try:
         generator.load_state_dict(state, strict=True)
@@ -172,7 +184,7 @@ def load_generator(
         path=model_dir,
         spec=spec,
         config=config,
-        checksum=sha256_file(weights),
+        checksum=checksum,
         class_names=list(config.get("class_names", [])) if spec.n_classes else [],
         label_names={str(k): int(v) for k, v in (config.get("label_names") or {}).items()}
         if spec.mask_channels
@@ -182,7 +194,35 @@ def load_generator(
     return generator, info
 
 
+# What a trained generator of this project can have; beyond that a config.json is damaged or
+# hostile, and building it would exhaust memory before any message.
+SPEC_BOUNDS = {"nz": 4096, "ngf": 1024, "ndf": 1024, "channels": 16, "n_classes": 1000,
+               "mask_channels": 256}  # fmt: skip
+
+
+def _check_spec_bounds(spec: DCGANSpec, path: Path) -> None:
+    for name, high in SPEC_BOUNDS.items():
+        value = getattr(spec, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+            raise StoreError(
+                f"{path}: expected spec.{name} an integer in [0, {high}], got {value!r}"
+            )
+
+
 def _spacing(value: Any) -> tuple[float, float]:
-    if isinstance(value, (list, tuple)) and len(value) >= 2:
-        return float(value[-2]), float(value[-1])
-    return 1.0, 1.0
+    """The model's (y, x) pixel spacing in mm; 1 mm when unrecorded.
+
+    Raises:
+        StoreError: a recorded spacing that is not two positive finite numbers.
+    """
+    if value is None:
+        return 1.0, 1.0
+    try:
+        y, x = float(value[-2]), float(value[-1])
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        raise StoreError(
+            f"expected a spacing of two numbers in {CONFIG_FILE}, got {value!r}"
+        ) from exc
+    if not (np.isfinite([y, x]).all() and y > 0 and x > 0):
+        raise StoreError(f"expected a positive finite spacing in {CONFIG_FILE}, got {value!r}")
+    return y, x

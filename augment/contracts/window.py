@@ -107,11 +107,14 @@ class Window:
                 lo, hi = value.get("percentiles") or (0.0, 100.0)
                 return cls(kind, units=str(value.get("units", "")), percentiles=(lo, hi))
             low, high = float(value["low"]), float(value["high"])
+            if not (np.isfinite([low, high]).all() and high > low):
+                raise ValueError("expected finite low < high")
             units = value.get("units")
             if units is None:  # written before the units were recorded: CT presets are HU
                 units = "HU" if kind in CT_PRESETS or low < -100 else ""
             return cls(kind, low, high, str(units))
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(
-                f"{where}: expected a window {{kind, low, high, units}}, got {value!r}"
+                f"{where}: expected a window {{kind, low, high, units}} with finite low < high, "
+                f"got {str(value)[:120]}"
             ) from exc

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from augment.contracts.synthetic_set import MANIFEST
+from augment.errors import StoreError
 from augment.sampling.draw import class_of, generate
 from augment.sampling.formats.base import SampleFormat, SampleRun
 
@@ -59,6 +60,11 @@ def write_samples(
             images, masks = generate(
                 generator, run.info, run.cfg.seed, idx, classes, run.cfg.truncation
             )
+            if not np.isfinite(images).all():
+                raise StoreError(
+                    f"{run.info.path}: the generator gave non-finite pixels (samples {idx[0]}-"
+                    f"{idx[-1]}); nothing was written. Retrain or use another model directory."
+                )
             manifest.writerows(_rows(run, fmt, idx, classes))
             writers.put(idx, images, masks, classes, lambda k: bar.advance(task, k))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -65,7 +66,7 @@ def _index(patient: str) -> int:
 
 def test_cli_writes_the_layout(tmp_path: Path) -> None:
     out = tmp_path / "data"
-    args = ["phantoms", "--out", str(out), "--params", str(tmp_path / "none.yaml")]
+    args = ["phantoms", "--out", str(out), "--params", os.devnull]
     args += ["--patients", "4", "--size", "48", "--slices", "8", "--seed", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

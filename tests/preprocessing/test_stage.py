@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -278,7 +279,7 @@ def test_cli_prints_one_line_and_exits_1_on_empty_input(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(
         app, ["preprocess", "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
-              "--params", str(tmp_path / "none.yaml")],
+              "--params", os.devnull],
     )  # fmt: skip
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1 and "error:" in result.output
@@ -290,7 +291,7 @@ def test_cli_runs_the_stage(demo, tmp_path):
     result = CliRunner().invoke(
         app, ["preprocess", "-i", str(demo / "dicom"), "--out", str(tmp_path / "o"), "--size", "32",
               "--labels", str(demo / "labels.csv"), "--labels-from", "csv",
-              "--params", str(tmp_path / "none.yaml")],
+              "--params", os.devnull],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert SliceStore.open(tmp_path / "o").images.shape[1:] == (1, 32, 32)
