@@ -120,6 +120,11 @@ class PreprocessConfig(_Section):
         None, description="mask file beside its image, e.g. '{case}_seg.nii.gz' (NIfTI)"
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
+    max_voxels: int = Field(
+        2**28,
+        ge=1,
+        description="most voxels an input's header may declare (checked before reading)",
+    )
     seed: int = Field(0, ge=0)
     workers: int = Field(1, ge=1, le=256)
     strict: bool = False

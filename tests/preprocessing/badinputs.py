@@ -13,6 +13,7 @@ in LPS voxel order with a RAS affine diag(-sx, -sy, sz), as ITK writes them.
 from __future__ import annotations
 
 import gzip
+import struct
 from pathlib import Path
 
 import nibabel as nib
@@ -210,6 +211,27 @@ def make_dicom_corpus(root: Path) -> dict[str, str]:
         ds.save_as(path, enforce_file_format=True)
     expected["badiop"] = "malformed or inconsistent DICOM header values"
 
+    for kind in ("PROJECTION", "MOSAIC"):
+        ds = dicom_slice(image[0], (0, 0, 0), SPACING[1:], f"{kind}-1", generate_uid())
+        ds.ImageType = ["DERIVED", "SECONDARY", kind]
+        (root / kind.lower()).mkdir()
+        ds.save_as(root / kind.lower() / "a.dcm", enforce_file_format=True)
+        expected[kind.lower()] = "projection" if kind == "PROJECTION" else "mosaic"
+
+    for folder, iop in (("sagittal", [0, 1, 0, 0, 0, -1]), ("oblique", [1, 0, 0, 0, 0.8, -0.6])):
+        ds = dicom_slice(image[0], (0, 0, 0), SPACING[1:], f"{folder}-1", generate_uid())
+        ds.ImageOrientationPatient = iop
+        (root / folder).mkdir()
+        ds.save_as(root / folder / "a.dcm", enforce_file_format=True)
+        expected[folder] = f"single {folder} image"
+
+    zero = write_dicom_series(root / "zerospacing", image[:3], SPACING, "ZERO-1")
+    for path in zero:
+        ds = _read(path)
+        ds.PixelSpacing = [0, 0]
+        ds.save_as(path, enforce_file_format=True)
+    expected["zerospacing"] = "positive pixel spacing"
+
     ds = dicom_slice(image[0], (0, 0, 0), SPACING[1:], "SLOPE-1", generate_uid())
     ds.RescaleSlope = "7.123456"
     (root / "badslope").mkdir()
@@ -264,4 +286,28 @@ def make_nifti_corpus(root: Path) -> dict[str, str]:
     write_nifti(root / "imagesTr" / "geom_0000.nii.gz", image, SPACING)
     write_nifti(root / "labelsTr" / "geom.nii.gz", mask, (5.0, 2.5, 2.0), dtype=np.uint8)
     expected["geom"] = "geometry"
+
+    for case in ("zeroaffine", "nanaffine"):  # what broken converters write into the header
+        path = root / "imagesTr" / f"{case}_0000.nii"
+        write_nifti(path, image, SPACING)
+        raw = bytearray(path.read_bytes())
+        raw[252:256] = struct.pack("<hh", 0, 0 if case == "zeroaffine" else 2)  # q/sform codes
+        if case == "zeroaffine":  # no orientation and zero voxel sizes
+            raw[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)
+        else:  # srow_x, srow_y, srow_z all NaN
+            raw[280:328] = struct.pack("<12f", *[float("nan")] * 12)
+        path.write_bytes(bytes(raw))
+        write_nifti(root / "labelsTr" / f"{case}.nii.gz", mask, SPACING, dtype=np.uint8)
+        expected[case] = "affine"
+
+    # A 1 KB header that declares 30000^3 voxels: refused before a byte of data is read.
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((30000, 30000, 30000))
+    hdr.set_data_dtype(np.int16)
+    hdr.set_zooms((1.0, 1.0, 1.0))
+    with open(root / "imagesTr" / "huge_0000.nii", "wb") as fh:
+        hdr.write_to(fh)
+        fh.write(b"\0" * 64)
+    write_nifti(root / "labelsTr" / "huge.nii.gz", mask, SPACING, dtype=np.uint8)
+    expected["huge"] = "voxels"
     return expected

@@ -213,6 +213,7 @@ def test_bad_dicom_inputs_are_skipped_with_one_line_reasons(tmp_path):
     expected = make_dicom_corpus(tmp_path / "in")
     (tmp_path / "labels.csv").write_text(
         "patient,class\nGOOD-1,0\nDUP-1,1\nGAP-1,0\nMIX-1,1\nCUT-1,0\nIOP-1,1\nSLOPE-1,0\n"
+        "PROJECTION-1,0\nMOSAIC-1,1\nsagittal-1,0\noblique-1,1\nZERO-1,0\n"
     )
     meta = preprocess(_cfg(labels_from="csv"), [tmp_path / "in"], tmp_path / "out",
                       labels_csv=tmp_path / "labels.csv")  # fmt: skip

@@ -101,6 +101,12 @@ class _Frame:
     pixels: np.ndarray  # (R, C) physical units
 
 
+# ImageType values whose pixels are not one plane of a volume: a localizer, a projection (MIP)
+# or a Siemens mosaic (many slices tiled in one image).
+_NOT_A_PLANE = {"LOCALIZER": "localizer (scout)", "PROJECTION": "projection (MIP)",
+                "MOSAIC": "Siemens mosaic"}  # fmt: skip
+
+
 def scan_dicom(
     root: Path, name_of: Callable[[Path], str] = str, map_fn: MapFn = map
 ) -> tuple[list[Series], list[tuple[str, str]]]:
@@ -169,8 +175,10 @@ def _classify(path: Path) -> tuple[tuple[str, ...], str, FileInfo]:
         raise InputError(f"{name}: {NON_IMAGE[modality]}, not an image")
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise InputError(f"{name}: no pixel data")
-    if "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
-        raise InputError(f"{name}: localizer (scout) image, not part of a volume")
+    kinds = {str(v).upper() for v in (ds.get("ImageType") or [])}
+    for value, what in _NOT_A_PLANE.items():
+        if value in kinds:
+            raise InputError(f"{name}: {what} image, not part of a volume")
     patient = str(ds.get("PatientID", "") or ds.get("StudyInstanceUID", "")).strip()
     if not patient:
         raise InputError(f"{name}: expected a PatientID or StudyInstanceUID, got neither")
@@ -398,6 +406,20 @@ def _group(group: Dataset, shared: Dataset, keyword: str, name: str) -> Dataset:
     return found
 
 
+def _check_geometry(geometry: tuple[float, ...], name: str) -> None:
+    row, col, spacing = np.array(geometry[:3]), np.array(geometry[3:6]), np.array(geometry[6:8])
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InputError(f"{name}: expected a positive pixel spacing, got {spacing.tolist()}")
+    unit = np.isclose(np.linalg.norm(row), 1, atol=1e-2) and np.isclose(
+        np.linalg.norm(col), 1, atol=1e-2
+    )
+    if not (np.isfinite(geometry[:6]).all() and unit and abs(row @ col) < 1e-2):
+        raise InputError(
+            f"{name}: expected ImageOrientationPatient of two orthogonal unit vectors, got "
+            f"{[round(v, 3) for v in geometry[:6]]}"
+        )
+
+
 def _optional_group(group: Dataset, shared: Dataset, keyword: str) -> Dataset | None:
     """The frame's functional group ``keyword``, else the shared one, else None."""
     for source in (group, shared):
@@ -414,8 +436,19 @@ def _assemble(
     if len(shapes) > 1:
         got = " and ".join("x".join(map(str, s)) for s in shapes)
         raise InputError(f"{name}: expected one slice shape in a series, got {got}")
+    _check_geometry(geometry, name)
     row_dir, col_dir = np.array(geometry[:3]), np.array(geometry[3:6])
     normal = np.cross(row_dir, col_dir)
+    if len(frames) == 1 and abs(normal[2]) < 0.9:
+        # One sagittal, coronal or oblique image: resliced to axial it is one line of pixels.
+        plane = (
+            "sagittal"
+            if abs(normal[0]) >= 0.9
+            else "coronal"
+            if abs(normal[1]) >= 0.9
+            else "oblique"
+        )
+        raise InputError(f"{name}: a single {plane} image, not a volume to slice; skipped")
     proj = np.array([f.position @ normal for f in frames])
     order = np.argsort(proj, kind="stable")
     step = _slice_step(proj[order], name)

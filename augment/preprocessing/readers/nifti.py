@@ -202,6 +202,7 @@ def read_nifti(
     mask: Path | None = None,
     channel: int | None = None,
     name: str | None = None,
+    max_voxels: int = 2**28,
 ) -> Volume:
     """Read a NIfTI image (and its mask) fully into a canonical Volume.
 
@@ -216,12 +217,17 @@ def read_nifti(
         channel: which volume of a 4D / multichannel image to read; needed when there are
             several.
         name: how messages name the file (default: its path).
+        max_voxels: the most voxels the header may declare; checked before any data is read,
+            so a 1 KB header claiming 30000^3 voxels (or a gzip bomb) costs nothing.
 
     Raises:
-        InputError: an unreadable file, an unsupported shape, or a mask that does not match.
+        InputError: an unreadable file, an unsupported shape, a declared size above
+            ``max_voxels``, an affine that is not a finite invertible matrix, or a mask that
+            does not match.
     """
     name = name or str(path)
     img = _load(path, name)
+    _check_header(img, name, max_voxels)
     data = _pick_channel(_voxels(img, path, name, scaled=True), channel, name)
     image, spacing = canonical_zyx(data, img.affine)
     vol_mask = None
@@ -245,6 +251,23 @@ def _load(path: Path, name: str) -> nib.Nifti1Image:
     if not isinstance(img, nib.Nifti1Image):  # NIfTI-2 images are Nifti1Image subclasses
         raise InputError(f"{name}: expected a NIfTI-1/2 image, got a {type(img).__name__}")
     return img
+
+
+def _check_header(img: nib.Nifti1Image, name: str, max_voxels: int) -> None:
+    declared = int(np.prod([int(n) for n in img.shape], dtype=np.float64))
+    if declared > max_voxels:
+        raise InputError(
+            f"{name}: expected at most {max_voxels} voxels (preprocess.max_voxels), the header "
+            f"declares {declared}"
+        )
+    affine = np.asarray(img.affine, np.float64)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(
+            f"{name}: expected a finite, invertible affine, got {affine[:3, :3].tolist()}"
+        )
+    if (zooms <= 0).any():
+        raise InputError(f"{name}: expected positive voxel sizes, got {zooms.tolist()}")
 
 
 def _voxels(img: nib.Nifti1Image, path: Path, name: str, scaled: bool) -> np.ndarray:
@@ -325,5 +348,6 @@ class NiftiReader:
         if not isinstance(item, NiftiCase):
             raise TypeError(f"expected a NiftiCase, got {type(item).__name__}")
         return read_nifti(
-            item.image, patient, source, item.mask, cfg.channel, name=name_of(item.image)
-        )
+            item.image, patient, source, item.mask, cfg.channel, name_of(item.image),
+            cfg.max_voxels,
+        )  # fmt: skip

@@ -89,16 +89,17 @@ def test_mask_pattern(tmp_path):
 
 @pytest.mark.parametrize(
     ("case", "match"),
-    [("cut", "truncated"), ("garbage", "NIfTI"), ("shape", "mask of shape"), ("geom", "geometry")],
-)
+    [("cut", "truncated"), ("garbage", "NIfTI"), ("shape", "mask of shape"), ("geom", "geometry"),
+     ("zeroaffine", "affine"), ("nanaffine", "affine"), ("huge", "at most")],
+)  # fmt: skip
 def test_damaged_files_and_mismatched_masks_are_input_errors(tmp_path, case, match):
     from tests.preprocessing.badinputs import make_nifti_corpus
 
     make_nifti_corpus(tmp_path)
     with pytest.raises(InputError, match=match) as err:
+        image = next((tmp_path / "imagesTr").glob(f"{case}_0000.nii*"))
         read_nifti(
-            tmp_path / "imagesTr" / f"{case}_0000.nii.gz", "P1", "s",
-            mask=tmp_path / "labelsTr" / f"{case}.nii.gz", name="F123",
+            image, "P1", "s", mask=tmp_path / "labelsTr" / f"{case}.nii.gz", name="F123",
         )  # fmt: skip
     assert str(err.value).startswith("F123:")
     assert str(tmp_path) not in str(err.value) and f"{case}_0000" not in str(err.value)
