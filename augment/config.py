@@ -180,6 +180,13 @@ class TrainConfig(_Section):
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch's default)")
     compile: bool = False
     log_every: int = Field(50, ge=1)
+    fidelity_every: int = Field(
+        200,
+        ge=0,
+        description="score the EMA generator (FID, consistency) every N steps and keep "
+        "the best snapshot as the model; 0: keep the last",
+    )
+    fidelity_samples: int = Field(512, ge=16, le=20000)
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     divergence_patience: int = Field(20, ge=1)

@@ -40,7 +40,9 @@ class RandomFeatures(nn.Module):
         chans = [1, 16, 32, 64, 128]
         self.convs = nn.ModuleList()
         for cin, cout in zip(chans[:-1], chans[1:], strict=True):
-            conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+            # skip_init: building the layer must not draw from torch's global generator (a
+            # training run that scores snapshots would otherwise change its own batches).
+            conv = nn.utils.skip_init(nn.Conv2d, cin, cout, 3, stride=2, padding=1)
             # He-normal weights keep activations at a similar scale through the layers.
             std = (2.0 / (cin * 9)) ** 0.5
             with torch.no_grad():

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from augment.config import TrainConfig
-from augment.contracts.model_dir import CHECKPOINT_FILE, save_generator
+from augment.contracts.model_dir import CHECKPOINT_FILE, load_generator, save_generator
 from augment.contracts.slice_store import SliceStore
 from augment.errors import AugmentError, StoreError
 from augment.nets.dcgan import DCGANSpec, Generator
@@ -22,6 +22,7 @@ from augment.training.checkpoint import rng_state, save_checkpoint
 from augment.training.data import DataInfo, TrainData
 from augment.training.ddp import DistInfo, check_replicas
 from augment.training.pictures import fixed_grid, fixed_inputs, samples_figure
+from augment.training.snapshots import SnapshotJudge
 from augment.training.step import Trainer
 
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
@@ -47,11 +48,19 @@ class TrainingRun:
         # Host syncs cost GPU throughput: check finiteness every few steps there, every step
         # on the CPU where it is free.
         self.check_every = 1 if self.device.type == "cpu" else min(10, cfg.divergence_patience)
+        self.judge: SnapshotJudge | None = None
+        self.best_g: Generator | None = None  # the snapshot of the lowest FID so far
+        if cfg.fidelity_every and dd.main:
+            self.judge = SnapshotJudge.build(
+                data, info, store, spec, cfg.fidelity_samples, cfg.seed
+            )
 
     def loop(self, next_batch: Callable[[], tuple[Tensor, Tensor]], resumed: bool) -> dict:
         cfg, trainer = self.cfg, self.trainer
         start = trainer.step_count
         live = self._live(resumed)
+        if resumed and self.judge is not None:
+            self._restore_best()
         bad = torch.zeros((), device=self.device)  # consecutive non-finite steps
         acc = torch.zeros(len(METRICS), device=self.device)
         n_acc, t0, last = 0, time.perf_counter(), None
@@ -77,6 +86,8 @@ class TrainingRun:
                     n_acc, t0 = 0, time.perf_counter()
                 if self.dd.main and (step % cfg.sample_every == 0 or step == cfg.steps):
                     self._grid(live, step)
+                if self.judge and (step % cfg.fidelity_every == 0 or step == cfg.steps):
+                    self._judge_snapshot(live, step)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     self._checkpoint(step)
                 progress.update(task, completed=step)
@@ -122,8 +133,38 @@ class TrainingRun:
         meta = {"config": self.cfg.model_dump(), "spec": self.spec.to_dict(),
                 "fingerprint": self.info.fingerprint, "world_size": self.dd.world}  # fmt: skip
         save_checkpoint(self.out / CHECKPOINT_FILE, self.trainer, rngs, meta)
-        self._save_generator(step)
+        if self.judge is None:  # otherwise the generator is the best snapshot, saved when found
+            self._save_generator(step)
         self.last_good = step
+
+    def _restore_best(self) -> None:
+        """A resumed run keeps competing with the best snapshot saved before it stopped."""
+        assert self.judge is not None
+        try:
+            g, info = load_generator(self.out, self.device)
+        except StoreError:
+            return  # nothing saved yet, or the directory is another run's: start afresh
+        record = info.config.get("fidelity") or {}
+        if isinstance(record.get("best_fid"), (int, float)):
+            self.judge.best_fid, self.judge.best_step = record["best_fid"], record["best_step"]
+            self.judge.history = [h for h in record.get("curve", []) if isinstance(h, dict)]
+            self.best_g = g
+
+    def _judge_snapshot(self, live: Any, step: int) -> None:
+        assert self.judge is not None  # called only when fidelity tracking is on
+        g = self._sampler()
+        entry, better = self.judge.score(g, step)
+        if live is not None:
+            live.step = step
+            live.log_metric("fidelity/fid", entry["fid"])
+            found = entry.get("consistency") or {}
+            for name, share in (found.get("match") or {}).items():
+                live.log_metric(f"fidelity/match_{name}", share)
+            if found.get("contrast_ratio") is not None:
+                live.log_metric("fidelity/contrast_ratio", found["contrast_ratio"])
+        if better:
+            self.best_g = g
+            self._save_generator(step, g)
 
     def _sampler(self) -> Generator:
         """The recalibrated EMA generator of the current step (grid and save share it)."""
@@ -132,8 +173,8 @@ class TrainingRun:
             self._sampler_cache = (step, self.trainer.sampling_generator(self.class_probs))
         return self._sampler_cache[1]
 
-    def _save_generator(self, step: int) -> None:
-        g = self._sampler()
+    def _save_generator(self, step: int, g: Generator | None = None) -> None:
+        g = g or self._sampler()
         extra = {
             "class_names": self.info.class_names if self.spec.n_classes else [],
             "label_names": self.info.label_names,
@@ -147,6 +188,8 @@ class TrainingRun:
             "train_config": self.cfg.model_dump(),
             "world_size": self.dd.world,
         }  # fmt: skip
+        if self.judge is not None:
+            extra["fidelity"] = self.judge.record()
         save_generator(self.out, g, self.spec, extra)
 
     def _grid(self, live: Any, step: int) -> None:
@@ -159,6 +202,9 @@ class TrainingRun:
 
     def _finish(self, step: int) -> None:
         g = self._sampler()
+        if self.judge is not None and self.best_g is not None:
+            g = self.best_g  # the model is the best snapshot; rewrite it with the whole curve
+            self._save_generator(self.judge.best_step, g)
         samples_figure(self.out / "samples.png", g, self.data, self.info, self.cfg.seed)
 
     def _live(self, resumed: bool) -> Any:
