@@ -90,7 +90,12 @@ def sample(
         "counts": _named_counts(info.class_names, counts),
         "model_sha256": info.checksum,
         "real_cases": len(real.cases) if real else 0,
+        "mask_agrees_with_class": _agreement(info.class_names, run.agreement),
     }
+
+
+def _agreement(class_names: list[str], tally: dict[int, list[int]]) -> dict[str, float]:
+    return {class_names[c]: round(ok / n, 4) for c, (ok, n) in sorted(tally.items()) if n}
 
 
 def _check_model(cfg: SampleConfig, fmt: SampleFormat, info: ModelInfo, merge: Path | None) -> None:
@@ -146,6 +151,7 @@ def _write_meta(run: SampleRun, counts: np.ndarray, real: RealSet | None) -> Non
         "image_size": run.info.spec.image_size,
         "model_sha256": run.info.checksum,
         "real_cases": len(real.cases) if real else 0,
+        "mask_agrees_with_class": _agreement(run.info.class_names, run.agreement),
         "synthetic": True,
     }
     (run.root / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -159,8 +165,19 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title=title)
     table.add_column("class")
     table.add_column("slices", justify="right")
+    agree = summary.get("mask_agrees_with_class") or {}
+    if agree:
+        table.add_column("mask agrees with class", justify="right")
     for name, count in summary["counts"].items():
-        table.add_row(name, str(count))
+        cells = [f"{agree[name]:.1%}" if name in agree else "n/a"] if agree else []
+        table.add_row(name, str(count), *cells)
     if summary["real_cases"]:
         table.add_row("real cases merged", str(summary["real_cases"]))
+    weak = [n for n, share in agree.items() if share < 0.95]
+    if weak:
+        table.caption = (
+            f"Masks disagree with their class for more than 5% of {', '.join(weak)} samples "
+            "(lesion class: no lesion of min_lesion_pixels; normal: a lesion). Downstream "
+            "models learn from these labels: see the model's fidelity record in config.json."
+        )
     return table

@@ -21,6 +21,7 @@ from augment.contracts.synthetic_set import MANIFEST
 from augment.errors import StoreError
 from augment.sampling.draw import class_of, generate
 from augment.sampling.formats.base import SampleFormat, SampleRun
+from augment.training.consistency import matches_class
 
 COLUMNS = (
     "case", "file", "label_file", "class", "class_name", "seed", "noise_index", "truncation",
@@ -65,8 +66,23 @@ def write_samples(
                     f"{run.info.path}: the generator gave non-finite pixels (samples {idx[0]}-"
                     f"{idx[-1]}); nothing was written. Retrain or use another model directory."
                 )
+            _tally(run, masks, classes)
             manifest.writerows(_rows(run, fmt, idx, classes))
             writers.put(idx, images, masks, classes, lambda k: bar.advance(task, k))
+
+
+def _tally(run: SampleRun, masks: np.ndarray | None, classes: np.ndarray) -> None:
+    """Count samples whose generated mask agrees with their class (the store's lesion rule)."""
+    rule = run.info.config.get("lesion_rule")
+    if masks is None or not run.info.class_names or not isinstance(rule, dict):
+        return
+    ok = matches_class(
+        masks, classes, rule.get("lesion_ids"), int(rule.get("min_lesion_pixels", 1))
+    )
+    for c in np.unique(classes):
+        tally = run.agreement.setdefault(int(c), [0, 0])
+        tally[0] += int(ok[classes == c].sum())
+        tally[1] += int((classes == c).sum())
 
 
 class _Writers:

@@ -22,7 +22,7 @@ from augment.training.checkpoint import rng_state, save_checkpoint
 from augment.training.data import DataInfo, TrainData
 from augment.training.ddp import DistInfo, check_replicas
 from augment.training.pictures import fixed_grid, fixed_inputs, samples_figure
-from augment.training.snapshots import SnapshotJudge
+from augment.training.snapshots import SnapshotJudge, lesion_rule
 from augment.training.step import Trainer
 
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
@@ -188,6 +188,8 @@ class TrainingRun:
             "train_config": self.cfg.model_dump(),
             "world_size": self.dd.world,
         }  # fmt: skip
+        lesion_ids, min_pixels = lesion_rule(self.store, self.info)
+        extra["lesion_rule"] = {"lesion_ids": lesion_ids, "min_lesion_pixels": min_pixels}
         if self.judge is not None:
             extra["fidelity"] = self.judge.record()
         save_generator(self.out, g, self.spec, extra)

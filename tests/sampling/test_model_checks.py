@@ -100,3 +100,19 @@ def test_a_copied_model_directory_still_loads(model: Path, tmp_path: Path) -> No
     assert info.class_names == CLASSES and not any(
         torch.isnan(p).any() for p in generator.parameters()
     )
+
+
+def test_sample_reports_how_often_masks_agree_with_their_class(model: Path, tmp_path) -> None:
+    from augment.contracts.synthetic_set import META
+    from augment.sampling.stage import summary_table
+
+    # A lesion rule nothing random can meet: no lesion-class sample agrees, every one is counted.
+    _edit_config(model, lesion_rule={"lesion_ids": [1], "min_lesion_pixels": 10**6})
+    from augment.contracts.model_dir import sha256_file
+
+    _edit_config(model, generator_sha256=sha256_file(model / "generator.safetensors"))
+    summary = sample(_cfg(), model, tmp_path / "out")
+    assert summary["mask_agrees_with_class"]["lesion"] == 0.0
+    meta = json.loads((tmp_path / "out" / META).read_text())
+    assert meta["mask_agrees_with_class"] == summary["mask_agrees_with_class"]
+    assert "disagree with their class" in str(summary_table(summary).caption)

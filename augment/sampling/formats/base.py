@@ -36,6 +36,8 @@ class SampleRun:
     # DICOM UIDs must be globally unique: every run mints new ones, even with the same seed
     # (the pixel data is what the seed reproduces).
     uid_nonce: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # class id -> [samples whose mask agrees with their class, samples] (models with masks)
+    agreement: dict[int, list[int]] = field(default_factory=dict)
 
     def case(self, i: int) -> str:
         """The case name of sample ``i``."""
