@@ -238,10 +238,10 @@ class EvaluateConfig(_Section):
     drop_ambiguous: bool = Field(
         True, description="leave slices with a lesion below min_lesion_pixels out of classification"
     )
-    unet_width: int = Field(16, ge=4, le=128, description="segmentation UNet's first channels")
+    unet_width: int = Field(8, ge=4, le=128, description="segmentation UNet's first channels")
     seg_steps: int = Field(300, ge=1, description="segmentation steps, the same in every arm")
     seg_batch_size: int = Field(32, ge=2)
-    seg_lr: float = Field(3e-3, gt=0, description="segmentation peak learning rate")
+    seg_lr: float = Field(1e-2, gt=0, description="segmentation peak learning rate")
     synthetic_ratio: float = Field(1.0, ge=0)
     bootstrap: int = Field(1000, ge=100)
     memorisation_threshold: float = Field(0.05, ge=0, le=1)
@@ -267,6 +267,9 @@ class EvaluateConfig(_Section):
         None, description="local Inception-v3 FID weights (torch-fidelity); adds Inception FID"
     )
     device: str = "auto"
+    workers: int = Field(
+        0, ge=0, le=64, description="processes training arms on the CPU (0: one per core)"
+    )
     seed: int = Field(0, ge=0)
 
 

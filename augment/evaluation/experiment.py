@@ -30,6 +30,7 @@ from rich.progress import Progress
 
 from augment.config import EvaluateConfig
 from augment.evaluation import stats
+from augment.evaluation.runner import Job, run_jobs
 from augment.evaluation.stats import Interval
 from augment.evaluation.tasks import TASKS
 from augment.evaluation.tasks.base import Decision, Task
@@ -188,24 +189,18 @@ def gain_experiment(
             "One seed per arm: the intervals cover the test patients but not training randomness "
             "(initial weights, batch order); use evaluate.seeds >= 3 before believing a gain."
         )
-    probs: dict[str, list[np.ndarray]] = {a: [] for a in arms}
-    decisions: dict[str, list[Decision]] = {a: [] for a in arms}
-    best_epoch: dict[str, list[int]] = {a: [] for a in arms}
-    curves: dict[str, list[list[float]]] = {a: [] for a in arms}
+    splits = {a: _arm_training_set(data, a, n_syn, usable_idx, cfg.seed) for a in arms}
+    splits.update(val=data.val, test=data.test)
+    jobs = [Job(arm, seed, "classic" in arm) for seed in seeds for arm in arms]
     with Progress(console=console, transient=True) as bar:
-        progress = bar.add_task(f"gain experiment ({task_name})", total=len(arms) * len(seeds))
-        for seed in seeds:
-            for arm in arms:
-                train = _arm_training_set(data, arm, n_syn, usable_idx, cfg.seed)
-                model, curve = task.train(
-                    train, data.val, n_classes, cfg, seed, "classic" in arm, device
-                )
-                val_pred = task.predict(model, data.val.images, device)
-                decisions[arm].append(task.calibrate(data.val, val_pred))
-                probs[arm].append(task.predict(model, data.test.images, device))
-                best_epoch[arm].append(int(np.argmax(curve)))
-                curves[arm].append(curve)
-                bar.advance(progress)
+        progress = bar.add_task(f"gain experiment ({task_name})", total=len(jobs))
+        outcomes = run_jobs(
+            jobs, task_name, splits, cfg, n_classes, device, lambda _: bar.advance(progress)
+        )
+    probs = {a: [o.test_pred for o in outcomes if o.job.arm == a] for a in arms}
+    decisions = {a: [o.decision for o in outcomes if o.job.arm == a] for a in arms}
+    curves = {a: [o.curve for o in outcomes if o.job.arm == a] for a in arms}
+    best_epoch = {a: [int(np.argmax(c)) for c in curves[a]] for a in arms}
     stacked = {a: np.stack(p) for a, p in probs.items()}  # (n_seeds, n_test, ...)
     per_seed, arm_ci, gains = compare_arms(
         task, data.test, stacked, cfg.bootstrap, cfg.seed, decisions, n_classes

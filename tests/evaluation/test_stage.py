@@ -83,7 +83,7 @@ def test_every_arm_trains_on_exactly_the_gan_patients_and_never_on_val_or_test(
         return real_train(train, val, *args, **kwargs)
 
     monkeypatch.setattr(classification, "train_classifier", spy)
-    gain = gx.gain_experiment(data, _cfg(seeds=1, steps=10), CPU)
+    gain = gx.gain_experiment(data, _cfg(seeds=1, steps=10, workers=1), CPU)  # spy sees all
     n = len(data.train.labels)
     held = np.concatenate([data.val.images, data.test.images]).reshape(-1, S * S)
     for images, _ in seen:
@@ -113,6 +113,20 @@ def test_same_seed_same_results_and_seeds_are_paired_across_arms() -> None:
         assert np.array_equal(a.probs[arm], b.probs[arm])
     assert not np.array_equal(a.probs["real"][0], a.probs["real"][1])
     assert a.seeds == [0, 1]
+
+
+def test_worker_processes_give_the_same_models_as_one_process() -> None:
+    data, cfg = _data(), _cfg(seeds=2, steps=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker runs
+    try:
+        alone = gx.gain_experiment(data, cfg.model_copy(update={"workers": 1}), CPU)
+    finally:
+        torch.set_num_threads(threads)
+    forked = gx.gain_experiment(data, cfg.model_copy(update={"workers": 2}), CPU)
+    for arm in alone.arms:
+        assert np.array_equal(alone.probs[arm], forked.probs[arm]), arm
+    assert alone.val_curves == forked.val_curves
 
 
 def test_gains_are_paired_differences_of_arm_means() -> None:

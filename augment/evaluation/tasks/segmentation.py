@@ -8,7 +8,8 @@ on synthetic image and mask pairs. Scores, with a patient bootstrap's weights:
   that have a lesion;
 - ``lesion_sensitivity``: the share of lesions (connected components of a slice's lesion mask)
   that the predicted mask touches;
-- ``normal_false_positive``: the share of lesion-free test patients with any predicted lesion.
+- ``normal_false_positive``: the share of lesion-free test patients with a predicted lesion of
+  at least ``MIN_COMPONENT`` pixels (a few stray pixels in one of 40 slices are not a finding).
 
 The mask threshold is chosen on val (best pooled Dice), never on test.
 """
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 SEGMENTATION_METRICS = ("dice", "lesion_sensitivity", "normal_false_positive")
 THRESHOLDS = np.round(np.arange(0.1, 0.95, 0.1), 2)
+MIN_COMPONENT = 10  # predicted pixels a component needs to count as a finding on a normal patient
 
 
 def build_unet(in_channels: int, width: int) -> torch.nn.Module:
@@ -139,6 +141,7 @@ class _Counts:
 
     inter: np.ndarray  # (n,) predicted and true lesion pixels
     pred: np.ndarray  # (n,) predicted lesion pixels
+    findings: np.ndarray  # (n,) predicted components of at least MIN_COMPONENT pixels
     true: np.ndarray  # (n,) true lesion pixels
     lesions: np.ndarray  # (n,) lesions (connected components) in the true mask
     found: np.ndarray  # (n,) of those, touched by the prediction
@@ -151,6 +154,10 @@ def _counts(masks: np.ndarray, prob: np.ndarray, threshold: float) -> _Counts:
     true = np.asarray(masks) > 0
     lesions = np.zeros(len(true))
     found = np.zeros(len(true))
+    findings = np.zeros(len(true))
+    for i in np.flatnonzero(pred.reshape(len(pred), -1).sum(axis=1) >= MIN_COMPONENT):
+        labels, n = ndimage.label(pred[i])
+        findings[i] = int((np.bincount(labels.ravel())[1:] >= MIN_COMPONENT).sum()) if n else 0
     for i in np.flatnonzero(true.reshape(len(true), -1).any(axis=1)):
         labels, n = ndimage.label(true[i])
         lesions[i] = n
@@ -161,6 +168,7 @@ def _counts(masks: np.ndarray, prob: np.ndarray, threshold: float) -> _Counts:
     return _Counts(
         inter=(pred & true).reshape(flat).sum(axis=1).astype(np.float64),
         pred=pred.reshape(flat).sum(axis=1).astype(np.float64),
+        findings=findings,
         true=true.reshape(flat).sum(axis=1).astype(np.float64),
         lesions=lesions,
         found=found,
@@ -203,7 +211,8 @@ def segmentation_metrics(
         mean_dice = (wl * dice[lesion_patient]).sum(axis=1) / wl.sum(axis=1)
         sens = (w_patient @ per_patient(c.found)) / (w_patient @ per_patient(c.lesions))
         wn = w_patient[:, ~lesion_patient]
-        fp = (wn * (pred[~lesion_patient] > 0)).sum(axis=1) / wn.sum(axis=1)
+        flagged = per_patient(c.findings)[~lesion_patient] > 0
+        fp = (wn * flagged).sum(axis=1) / wn.sum(axis=1)
     return {"dice": mean_dice, "lesion_sensitivity": sens, "normal_false_positive": fp}
 
 
