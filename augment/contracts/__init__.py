@@ -1,0 +1,1 @@
+"""The typed contracts between stages: volumes, slice store, model dir, synthetic sets."""

@@ -1,0 +1,1 @@
+"""Evaluation: does the synthetic data help downstream models? (``augment evaluate``)."""

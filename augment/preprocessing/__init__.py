@@ -1,0 +1,1 @@
+"""Preprocessing: DICOM / NIfTI volumes to the patient-split slice store."""

@@ -1,0 +1,1 @@
+"""Sampling: synthetic slice sets from a trained generator (``augment sample``)."""
