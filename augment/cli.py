@@ -24,6 +24,9 @@ from augment.config import (
     load,
 )
 from augment.errors import AugmentError
+from augment.preprocessing.readers import READERS
+from augment.sampling.formats import FORMATS
+from augment.training.losses import LOSSES
 
 app = typer.Typer(
     name="augment",
@@ -31,6 +34,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 ParamsOpt = Annotated[
@@ -144,7 +148,7 @@ def preprocess(
         str | None, typer.Option("--labels-from", help="Slice classes from 'mask' or 'csv'.")
     ] = None,
     fmt: Annotated[
-        str | None, typer.Option("--format", help="Input format: auto, dicom or nifti.")
+        str | None, typer.Option("--format", help="Input format: auto, or " + READERS.help())
     ] = None,
     params: ParamsOpt = None,
 ) -> None:
@@ -173,11 +177,13 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Model directory.")] = Path("models/dcgan"),
     steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
-    loss: Annotated[str | None, typer.Option(help="bce, hinge or wgan-gp.")] = None,
+    loss: Annotated[str | None, typer.Option(help="GAN loss: " + LOSSES.help())] = None,
     fraction: Annotated[float | None, typer.Option(help="Share of train patients.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from the checkpoint.")
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="A few tiny steps end to end, for smoke tests.")
     ] = False,
@@ -204,7 +210,9 @@ def sample(
     n: Annotated[int | None, typer.Option("--n", help="Number of synthetic slices.")] = None,
     model: Annotated[Path, typer.Option("--model", help="Model directory.")] = Path("models/dcgan"),
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("data/synthetic"),
-    fmt: Annotated[str | None, typer.Option("--format", help="nnunet, png, npz or dicom.")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Output format: " + FORMATS.help())
+    ] = None,
     class_ratio: Annotated[
         str | None,
         typer.Option("--class-ratio", help="Per-class shares or counts, e.g. 'normal=1,lesion=3'."),
@@ -227,7 +235,8 @@ def sample(
         typer.Option("--merge-with-real", help="nnU-Net raw data set to merge the samples into."),
     ] = None,
     overwrite: Annotated[
-        bool | None, typer.Option("--overwrite", help="Replace an existing output.")
+        bool | None,
+        typer.Option("--overwrite/--no-overwrite", help="Replace an existing output."),
     ] = None,
     params: ParamsOpt = None,
 ) -> None:

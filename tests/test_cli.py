@@ -55,3 +55,15 @@ def test_a_params_file_named_but_missing_is_an_error(tmp_path):
     result = CliRunner().invoke(app, ["train", "--params", str(tmp_path / "pramas.yaml")])
     assert result.exit_code == 1
     assert "pramas.yaml: no such file" in result.output
+
+
+def test_short_help_and_registry_help_and_boolean_pairs():
+    result = CliRunner().invoke(app, ["train", "-h"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "--no-resume" in text
+    from augment.training.losses import LOSSES
+
+    for name in LOSSES.names():  # the help lists what the registry holds
+        assert name in text
+    assert CliRunner().invoke(app, ["train", "--resume", "--no-resume", "-h"]).exit_code == 0
