@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from augment.errors import InputError
@@ -122,3 +124,39 @@ def _relative(path: Path, root: Path) -> str:
     if root.is_file() or path == root:
         return path.name
     return Path(path).relative_to(root).as_posix()
+
+
+class InputWarning(UserWarning):
+    """A library warned while reading an input; the text names the file by its token only."""
+
+
+@contextmanager
+def captured_warnings() -> Iterator[list[str]]:
+    """Catch library warnings (pydicom, nibabel, numpy) raised while reading one input.
+
+    Their messages may quote header values (an invalid UI prints the UID, an invalid PN or DA a
+    name or a date) or the file's path, so only where they came from is kept: the list yields
+    one ``"<Category> from <library>"`` entry per distinct warning, for :func:`reemit`.
+    """
+    found: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield found
+    for w in caught:
+        library = next((lib for lib in _LIBRARIES if f"{os.sep}{lib}{os.sep}" in w.filename), "")
+        entry = f"{w.category.__name__} from {library or 'a library'}"
+        if entry not in found:
+            found.append(entry)
+
+
+_LIBRARIES = ("pydicom", "nibabel", "numpy", "scipy", "pylibjpeg", "openjpeg")
+
+
+def reemit(token: str, entries: list[str]) -> None:
+    """Warn once per captured entry, naming the input by its keyed token, with no values."""
+    for entry in entries:
+        warnings.warn(
+            f"{token}: {entry} while reading it (message withheld: it may quote header values)",
+            InputWarning,
+            stacklevel=2,
+        )

@@ -34,7 +34,7 @@ from augment.contracts.slice_store import SPLITS, SliceStoreWriter
 from augment.contracts.window import PERCENTILE, Window
 from augment.errors import ConfigError, InputError
 from augment.preprocessing.arrays import Slices, split_patients
-from augment.preprocessing.privacy import file_token, load_key, pseudonym
+from augment.preprocessing.privacy import file_token, load_key, pseudonym, reemit
 from augment.preprocessing.readers import READERS
 from augment.preprocessing.readers.base import Found, MapFn
 from augment.preprocessing.workers import Job, outcomes, pool_map, worker_pool
@@ -263,6 +263,7 @@ def _spool_all(
         task = progress.add_task("volumes", total=len(run.jobs))
         for outcome in outcomes(run.jobs, cfg, pool):
             job = run.jobs[outcome.job_index]
+            reemit(job.name, outcome.warned)
             progress.advance(task)
             if outcome.slices is None:
                 _skip(run, cfg, job.name, outcome.reason or "unreadable")

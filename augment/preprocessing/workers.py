@@ -21,7 +21,7 @@ from augment.config import PreprocessConfig
 from augment.contracts.volume import Volume
 from augment.errors import InputError
 from augment.preprocessing.arrays import Slices, process_volume
-from augment.preprocessing.privacy import file_token
+from augment.preprocessing.privacy import captured_warnings, file_token
 from augment.preprocessing.readers import READERS
 from augment.preprocessing.readers.base import MapFn
 from augment.preprocessing.readers.dicom import MALFORMED, malformed
@@ -47,9 +47,17 @@ class Outcome:
     job_index: int
     slices: Slices | None = None
     reason: str | None = None
+    warned: list[str] = field(default_factory=list)  # library warnings, kinds only
 
 
 def _run_job(index: int, job: Job, cfg: PreprocessConfig) -> Outcome:
+    with captured_warnings() as warned:
+        outcome = _outcome(index, job, cfg)
+    outcome.warned = warned
+    return outcome
+
+
+def _outcome(index: int, job: Job, cfg: PreprocessConfig) -> Outcome:
     try:
         volume = _read(job, cfg)
         return Outcome(index, slices=process_volume(volume, cfg))

@@ -49,3 +49,37 @@ def test_locate_finds_the_file_behind_a_token(tmp_path):
     assert "Doe" not in token
     assert locate(token, [tmp_path], b"k") == target
     assert locate(token, [tmp_path], b"another key") is None
+
+
+def test_library_warnings_name_the_file_by_token_and_quote_no_values(tmp_path, monkeypatch):
+    import warnings
+
+    import pydicom
+
+    from augment.config import PreprocessConfig
+    from augment.preprocessing.privacy import InputWarning
+    from augment.preprocessing.stage import preprocess
+    from tests.preprocessing.badinputs import SPACING, phantom, write_dicom_series
+
+    monkeypatch.setenv(ENV_VAR, "test-key")
+    image, _ = phantom()
+    secret = tmp_path / "in" / "SMITH_JOHN_1999"
+    for i, path in enumerate(write_dicom_series(secret, image[:4], SPACING, "PAT-SECRET-9")):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = "1.2.840.SECRET.99"  # invalid UI: pydicom's warning quotes it
+        ds.PatientBirthDate = "19991399"  # an invalid date, quoted too if read
+        ds.save_as(path, enforce_file_format=True)
+        assert i < 4
+    (tmp_path / "labels.csv").write_text("patient,class\nPAT-SECRET-9,1\n")
+    cfg = PreprocessConfig(labels_from="csv", size=32, workers=1, min_body_fraction=0.0,
+                           split={"train": 1.0, "val": 0.0, "test": 0.0})  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        preprocess(cfg, [tmp_path / "in"], tmp_path / "out", labels_csv=tmp_path / "labels.csv")
+    ours = [w for w in caught if issubclass(w.category, InputWarning)]
+    assert ours, "the reader's library warnings were swallowed instead of re-emitted"
+    for w in caught:
+        text = str(w.message)
+        for leak in ("SECRET", "1999", "SMITH", str(tmp_path)):
+            assert leak not in text, text
+    assert all(re.match(r"^F[0-9a-f]+: ", str(w.message)) for w in ours)

@@ -25,6 +25,7 @@ from pydicom.uid import UID
 from augment.config import PreprocessConfig
 from augment.contracts.volume import Volume
 from augment.errors import InputError
+from augment.preprocessing.privacy import captured_warnings, reemit
 from augment.preprocessing.readers.base import Discovery, Found, MapFn, Namer
 from augment.preprocessing.readers.nifti import canonical_zyx
 
@@ -127,7 +128,8 @@ def scan_dicom(
     groups: dict[tuple[str, ...], list[FileInfo]] = {}
     patients: dict[tuple[str, ...], str] = {}
     skipped: list[tuple[str, str]] = []
-    for path, result in zip(files, map_fn(scan_file, files), strict=True):
+    for path, (result, warned) in zip(files, map_fn(scan_file, files), strict=True):
+        reemit(name_of(path), warned)
         if isinstance(result, str):
             skipped.append((name_of(path), result))
             continue
@@ -141,17 +143,20 @@ def scan_dicom(
     return sorted(series, key=lambda s: s.files[0]), skipped
 
 
-def scan_file(path: Path) -> tuple[tuple[str, ...], str, FileInfo] | str:
-    """Series key, raw patient id and file info of one file; or why it is skipped (a string).
+def scan_file(path: Path) -> tuple[tuple[tuple[str, ...], str, FileInfo] | str, list[str]]:
+    """Series key, raw patient id and file info of one file, or why it is skipped (a string);
+    with the library warnings its header raised (kinds only: see ``captured_warnings``).
 
     A module-level function so that a process pool can run it.
     """
-    try:
-        return _classify(path)
-    except InputError as exc:
-        return str(exc).removeprefix(f"{path}: ")
-    except MALFORMED as exc:
-        return malformed(exc)
+    with captured_warnings() as warned:
+        try:
+            result: tuple[tuple[str, ...], str, FileInfo] | str = _classify(path)
+        except InputError as exc:
+            result = str(exc).removeprefix(f"{path}: ")
+        except MALFORMED as exc:
+            result = malformed(exc)
+    return result, warned
 
 
 # What pydicom and numpy raise on header values of the wrong count or type (an IOP of five
