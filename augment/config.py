@@ -70,6 +70,7 @@ class PhantomsConfig(_Section):
     noise_hu: float = Field(12.0, ge=0, le=200, description="std of the image noise (HU)")
     formats: list[InputFormat] = Field(default_factory=_default_formats, min_length=1)
     seed: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0, le=256, description="processes (0: one per CPU core)")
 
 
 class WindowConfig(_Section):

@@ -91,6 +91,7 @@ class GainResult:
     n_synthetic: int
     metrics: tuple[str, ...]  # the task's metric names; the first is the headline
     task: str = "classification"
+    lower_is_better: frozenset[str] = frozenset()  # metrics where a decrease is the gain
     floors: dict[str, dict[str, Interval]] = field(default_factory=dict)  # floor -> metric
     decisions: dict[str, list[Decision]] = field(default_factory=dict)  # arm -> per seed
     notes: list[str] = field(default_factory=list)
@@ -219,6 +220,7 @@ def gain_experiment(
         n_synthetic=n_syn if "real_synthetic" in arms else 0,
         metrics=task.metrics,
         task=task_name,
+        lower_is_better=task.lower_is_better,
         floors=floors,
         decisions=decisions,
         notes=notes,

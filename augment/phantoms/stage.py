@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +39,12 @@ def make_phantoms(cfg: PhantomsConfig, out: Path) -> dict[str, Any]:
     sick = lesion_patients(cfg)
     rows: list[tuple[str, str]] = []
     n_lesions = 0
-    with atomic_dir(out) as tmp, Progress(transient=True) as progress:
+    with atomic_dir(out) as tmp, Progress(transient=True) as progress, _pool(cfg) as pool:
         task = progress.add_task("phantoms", total=cfg.patients)
-        for i in range(cfg.patients):
-            ph = generate_phantom(cfg, i, lesion=i in sick)
-            if "dicom" in cfg.formats:
-                write_dicom_series(ph, tmp / "dicom", cfg.seed)
-            if "nifti" in cfg.formats:
-                write_nifti_case(ph, tmp / "nifti")
-            rows.append((ph.patient, ph.label))
-            n_lesions += len(ph.lesions)
+        make = partial(_make_patient, cfg, tmp, frozenset(sick))
+        for patient, label, lesions in (pool.map if pool else map)(make, range(cfg.patients)):
+            rows.append((patient, label))
+            n_lesions += lesions
             progress.advance(task)
         if "nifti" in cfg.formats:
             doc = dataset_json([p for p, _ in rows], cfg)
@@ -65,6 +67,29 @@ def make_phantoms(cfg: PhantomsConfig, out: Path) -> dict[str, Any]:
         "files": files,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _make_patient(
+    cfg: PhantomsConfig, tmp: Path, sick: frozenset[int], i: int
+) -> tuple[str, str, int]:
+    # Each patient depends only on (cfg.seed, i) and writes files of its own: any order works.
+    ph = generate_phantom(cfg, i, lesion=i in sick)
+    if "dicom" in cfg.formats:
+        write_dicom_series(ph, tmp / "dicom", cfg.seed)
+    if "nifti" in cfg.formats:
+        write_nifti_case(ph, tmp / "nifti")
+    return ph.patient, ph.label, len(ph.lesions)
+
+
+@contextmanager
+def _pool(cfg: PhantomsConfig) -> Iterator[ProcessPoolExecutor | None]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = min(cfg.workers or (cores or 1), cfg.patients)
+    if workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

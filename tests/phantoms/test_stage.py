@@ -294,3 +294,16 @@ def test_anatomy_varies_along_z() -> None:
             assert (ph.tissue == tissue).any(), tissue.name
         assert (ph.tissue == Tissue.GAS).any()  # bowel gas
         assert (ph.tissue == Tissue.KIDNEY_CORTEX).any()
+
+
+def test_worker_processes_write_the_same_files(tmp_path):
+    from augment.config import PhantomsConfig
+    from augment.phantoms.stage import make_phantoms
+
+    base = dict(patients=4, size=48, slices=6, formats=["nifti"])
+    make_phantoms(PhantomsConfig(**base, workers=1), tmp_path / "one")
+    make_phantoms(PhantomsConfig(**base, workers=2), tmp_path / "two")
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.*"))
+    assert files
+    for rel in files:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel

@@ -32,11 +32,11 @@ def _ci(ci: Interval, digits: int = 3, sign: bool = False) -> str:
     return f"{value} [{_fmt(ci.low, digits)}, {_fmt(ci.high, digits)}]"
 
 
-def _shade(ci: Interval) -> str:
+def _shade(ci: Interval, lower_is_better: bool = False) -> str:
     # Green: a significant gain; red: a significant harm; nothing: the interval includes 0.
     if not ci.significant:
         return ""
-    return "gain" if ci.value > 0 else "harm"
+    return "gain" if (ci.value > 0) != lower_is_better else "harm"
 
 
 def gain_table(gain: GainResult) -> str:
@@ -57,7 +57,7 @@ def gain_table(gain: GainResult) -> str:
     rows = []
     for name, g in gain.gains.items():
         cells = "".join(
-            f"<td class='{_shade(g[m])}'>{_ci(g[m], sign=True)}"
+            f"<td class='{_shade(g[m], m in gain.lower_is_better)}'>{_ci(g[m], sign=True)}"
             f"{' *' if g[m].significant else ''}</td>"
             for m in gain.metrics
         )
@@ -147,8 +147,9 @@ def render_html(
         f"{summary['n_train_patients']} training patients ({summary['n_train_slices']} slices, "
         f"the GAN's), {first.n_synthetic} synthetic slices in the synthetic arms; "
         f"test: {summary['n_test_patients']} patients ({summary['n_test_slices']} slices). "
-        "Best epoch and decision threshold chosen on val; all numbers below are on the test "
-        "split, with 95% intervals from a bootstrap over test patients and seeds (see "
+        "Decision thresholds (and, with evaluate.select: best, the kept weights) chosen on val; "
+        "all numbers below are on the test split, with 95% intervals from a bootstrap over "
+        "test patients and seeds (see "
         "docs/evaluation.md). Floors are untrained shortcuts fitted on the training slices; the "
         "real-only arm must beat the best of them before any gain is read. * = interval "
         "excludes 0; green a gain, red a harm.</p>",

@@ -26,6 +26,7 @@ class Task(Protocol):
 
     metrics: ClassVar[tuple[str, ...]]
     needs_masks: ClassVar[bool]
+    lower_is_better: ClassVar[frozenset[str]]  # metrics where a decrease is the gain
 
     def train(
         self,

@@ -257,6 +257,7 @@ class ClassificationTask:
 
     metrics = CLASSIFICATION_METRICS
     needs_masks = False
+    lower_is_better: frozenset[str] = frozenset()
 
     def train(
         self,

@@ -221,6 +221,7 @@ class SegmentationTask:
 
     metrics = SEGMENTATION_METRICS
     needs_masks = True
+    lower_is_better: frozenset[str] = frozenset({"normal_false_positive"})
 
     def train(
         self,
