@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
@@ -85,6 +87,73 @@ class Task(Protocol):
             features: fixed random-network features of ``train``, ``val`` and ``test``.
         """
         ...
+
+
+@dataclass
+class Schedule:
+    """How one downstream model trains: steps, batch, peak lr, val checks, what is kept."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    val_checks: int
+    select: str  # "last" or "best"
+
+
+def val_checkpoints(steps: int, checks: int) -> set[int]:
+    """The steps after which the val split is scored (evenly spaced, the last step included)."""
+    return {int(round(steps * (i + 1) / checks)) for i in range(min(checks, steps))}
+
+
+def fit(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    draw_weight: torch.Tensor,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    val_score: Callable[[], float],
+    gen: torch.Generator,
+) -> list[float]:
+    """The training loop every task shares: weighted draws, Adam with a one-cycle schedule.
+
+    Args:
+        model: trained in place; with ``select: best`` it ends with its best val weights.
+        schedule: steps, batch size, peak learning rate, val checks, selection.
+        draw_weight: (n,) how often each training slice is drawn (class balance).
+        batch_loss: the loss of the batch of these slice indices (augmentation inside).
+        val_score: the model's val score now (higher is better).
+        gen: the run's random generator (batches).
+
+    Returns:
+        The val score at each check.
+
+    Raises:
+        RuntimeError: ``select: best`` and no check gave a finite score.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=schedule.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, schedule.lr, total_steps=schedule.steps, pct_start=0.15, anneal_strategy="cos"
+    )
+    checks = val_checkpoints(schedule.steps, schedule.val_checks)
+    best, best_state, curve = -np.inf, None, []
+    for step in range(1, schedule.steps + 1):
+        model.train()
+        idx = torch.multinomial(draw_weight, schedule.batch_size, replacement=True, generator=gen)
+        loss = batch_loss(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step in checks:
+            score = val_score()
+            curve.append(score)
+            if schedule.select == "best" and score > best:
+                best, best_state = score, copy.deepcopy(model.state_dict())
+    if schedule.select == "best":
+        if best_state is None:
+            raise RuntimeError(f"no val check gave a finite score (curve {curve})")
+        model.load_state_dict(best_state)
+    model.eval()
+    return curve
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:

@@ -11,7 +11,6 @@ specificity reads the ROC curve itself and needs no threshold.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from augment.config import EvaluateConfig
 from augment.evaluation.floors import SHORTCUTS, fit_probe, shortcut_statistics
 from augment.evaluation.tasks import augmentation
+from augment.evaluation.tasks.base import Schedule, fit
 from augment.nets.classifier import build_classifier
 
 if TYPE_CHECKING:
@@ -157,11 +157,6 @@ def _val_score(y: np.ndarray, prob: np.ndarray) -> float:
     return float(prob[np.arange(len(y)), y].mean()) - 1.0
 
 
-def val_checkpoints(steps: int, checks: int) -> set[int]:
-    """The steps after which the val split is scored (evenly spaced, the last step included)."""
-    return {int(round(steps * (i + 1) / checks)) for i in range(min(checks, steps))}
-
-
 def train_classifier(
     train: Split,
     val: Split,
@@ -198,37 +193,23 @@ def train_classifier(
     images, labels = train.images, train.labels
     torch.manual_seed(seed)
     model = build_classifier(cfg.classifier, n_classes, images.shape[1]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, cfg.lr, total_steps=cfg.steps, pct_start=0.15, anneal_strategy="cos"
-    )
     gen = torch.Generator().manual_seed(seed)
     counts = np.bincount(labels, minlength=n_classes).clip(min=1)
     draw_weight = torch.from_numpy(1.0 / counts[labels])  # each class drawn equally often
     extra = augmentation.classic_intensity(seed) if classic else None
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
-    checks = val_checkpoints(cfg.steps, cfg.val_checks)
-    best, best_state, curve = -np.inf, None, []
-    for step in range(1, cfg.steps + 1):
-        model.train()
-        idx = torch.multinomial(draw_weight, cfg.batch_size, replacement=True, generator=gen)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         x = augmentation.apply(x_all[idx], augmentation.draw(len(idx), gen))
         x = extra(x) if extra else x  # (B, C, S, S)
-        loss = F.cross_entropy(model(x.to(device)), y_all[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step in checks:
-            score = _val_score(val.labels, _predict(model, val.images, device))
-            curve.append(score)
-            if cfg.select == "best" and score > best:
-                best, best_state = score, copy.deepcopy(model.state_dict())
-    if cfg.select == "best":
-        if best_state is None:
-            raise RuntimeError(f"no val check gave a finite AUC (curve {curve})")
-        model.load_state_dict(best_state)
-    return model.eval(), curve
+        return F.cross_entropy(model(x.to(device)), y_all[idx].to(device))
+
+    schedule = Schedule(cfg.steps, cfg.batch_size, cfg.lr, cfg.val_checks, cfg.select)
+    curve = fit(
+        model, schedule, draw_weight, batch_loss,
+        lambda: _val_score(val.labels, _predict(model, val.images, device)), gen,
+    )  # fmt: skip
+    return model, curve
 
 
 def _ambiguous(split: Split) -> np.ndarray:

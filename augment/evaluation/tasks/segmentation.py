@@ -16,7 +16,6 @@ The mask threshold is chosen on val (best pooled Dice), never on test.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 from augment.config import EvaluateConfig
 from augment.evaluation.tasks import augmentation
-from augment.evaluation.tasks.classification import val_checkpoints
+from augment.evaluation.tasks.base import Schedule, fit
 
 if TYPE_CHECKING:
     from augment.evaluation.experiment import ExperimentData, Split
@@ -99,10 +98,6 @@ def train_segmenter(
         raise ValueError("expected lesion masks for the segmentation task, got none")
     torch.manual_seed(seed)
     model = build_unet(train.images.shape[1], cfg.unet_width).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, cfg.seg_lr, total_steps=cfg.seg_steps, pct_start=0.15, anneal_strategy="cos"
-    )
     gen = torch.Generator().manual_seed(seed)
     x_all = torch.from_numpy(np.asarray(train.images, np.float32))
     y_all = torch.from_numpy(np.asarray(train.masks > 0, np.int64))
@@ -110,29 +105,23 @@ def train_segmenter(
     counts = torch.bincount(has.long(), minlength=2).clamp(min=1)
     draw_weight = 1.0 / counts[has.long()].double()  # lesion slices as often as the others
     extra = augmentation.classic_intensity(seed) if classic else None
-    checks = val_checkpoints(cfg.seg_steps, cfg.val_checks)
-    best, best_state, curve = -np.inf, None, []
-    for step in range(1, cfg.seg_steps + 1):
-        model.train()
-        idx = torch.multinomial(draw_weight, cfg.seg_batch_size, replacement=True, generator=gen)
+    val_masks = val.masks
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         moves = augmentation.draw(len(idx), gen)
         x, y = augmentation.apply(x_all[idx], moves), augmentation.apply_to_mask(y_all[idx], moves)
         x = extra(x) if extra else x  # (B, C, S, S)
-        loss = _dice_ce(model(x.to(device)), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step in checks:
-            score = _pooled_dice(val.masks, _predict(model, val.images, device), 0.5)
-            curve.append(score)
-            if cfg.select == "best" and score > best:
-                best, best_state = score, copy.deepcopy(model.state_dict())
-    if cfg.select == "best":
-        if best_state is None:
-            raise RuntimeError(f"no val check gave a finite Dice (curve {curve})")
-        model.load_state_dict(best_state)
-    return model.eval(), curve
+        return _dice_ce(model(x.to(device)), y.to(device))
+
+    def val_score() -> float:
+        # The best pooled Dice over the thresholds calibration may choose (not a fixed 0.5,
+        # where an early model scores 0 at every check).
+        prob = _predict(model, val.images, device)
+        return max(_pooled_dice(val_masks, prob, float(t)) for t in THRESHOLDS)
+
+    schedule = Schedule(cfg.seg_steps, cfg.seg_batch_size, cfg.seg_lr, cfg.val_checks, cfg.select)
+    curve = fit(model, schedule, draw_weight, batch_loss, val_score, gen)
+    return model, curve
 
 
 @dataclass
