@@ -232,7 +232,7 @@ class EvaluateConfig(_Section):
     steps: int = Field(400, ge=1, description="classifier steps, the same in every arm")
     batch_size: int = Field(64, ge=2)
     lr: float = Field(3e-3, gt=0, description="classifier peak learning rate (one-cycle)")
-    val_checks: int = Field(8, ge=1, description="val scores per training (the curve)")
+    val_checks: int = Field(4, ge=1, description="val scores per training (the curve)")
     select: Literal["last", "best"] = Field(
         "last", description="keep the last weights, or those of the best val check"
     )
