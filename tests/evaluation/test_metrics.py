@@ -9,6 +9,7 @@ from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
 
 from augment.errors import ConfigError
 from augment.evaluation import stats
+from augment.evaluation.fidelity import FIDELITY
 from augment.evaluation.fidelity.fid import fid
 from augment.evaluation.fidelity.inception import inception_fid
 from augment.evaluation.fidelity.kid import kid
@@ -180,3 +181,15 @@ def test_too_few_test_patients_never_give_a_significant_result() -> None:
     assert not stats.bootstrap_assessable(y[:4], patients[:4], 2)
     ci = stats.interval(0.3, np.linspace(0.2, 0.4, 50), assessable=False)
     assert ci.low > 0 and not ci.significant
+
+
+@pytest.mark.parametrize("name", FIDELITY.names())
+def test_every_registered_fidelity_metric_computes_its_rows(name):
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(120, 8))
+    near, far = real + rng.normal(0, 0.01, real.shape), rng.normal(3, 1, size=(120, 8))
+    metric = FIDELITY.get(name)()
+    close, away = metric.compute(real, near, 5, 0), metric.compute(real, far, 5, 0)
+    for key, _, _ in metric.rows:  # every value the report lists is computed and finite
+        assert np.isfinite(close[key]) and np.isfinite(away[key]), key
+    assert close != away  # the metric sees the difference between a copy and a shifted set

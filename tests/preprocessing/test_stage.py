@@ -24,6 +24,7 @@ from augment.preprocessing.arrays import (
     window_range,
 )
 from augment.preprocessing.privacy import ENV_VAR
+from augment.preprocessing.readers import READERS
 from augment.preprocessing.stage import preprocess
 from tests.preprocessing.badinputs import (
     IDENTIFIERS,
@@ -319,3 +320,16 @@ def test_organ_and_tumour_masks_need_lesion_labels(tmp_path):
     positive = sorted({r["z"] for r in store.rows if r["label"] == 1})
     assert positive == [2, 3]
     assert set(np.unique(store.masks)) == {0, 1, 2}  # the masks keep every label
+
+
+@pytest.mark.parametrize("name", READERS.names())
+def test_every_registered_reader_ingests_its_layout_end_to_end(demo, tmp_path, name):
+    # The demo fixture holds one folder per built-in reader, named as the reader.
+    layout = demo / name
+    assert layout.is_dir(), f"add a {name} layout to the demo fixture"
+    meta = preprocess(
+        _cfg(format=name, labels_from="csv"), [layout], tmp_path / "out",
+        labels_csv=demo / "labels.csv",
+    )  # fmt: skip
+    assert meta["volumes_read"] == N_PATIENTS and not meta["skipped"]
+    assert SliceStore.open(tmp_path / "out").images.shape[0] > 0

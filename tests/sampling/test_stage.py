@@ -25,6 +25,7 @@ from augment.contracts.window import Window
 from augment.errors import ConfigError, InputError, StoreError
 from augment.nets.dcgan import DCGANSpec, Generator
 from augment.sampling.draw import class_counts, generate, noise
+from augment.sampling.formats import FORMATS as REGISTERED_FORMATS
 from augment.sampling.formats import nnunet, npz, png
 from augment.sampling.read import load_synthetic
 from augment.sampling.stage import sample
@@ -33,7 +34,7 @@ CLASSES = ["normal", "lesion"]
 LABELS = {"background": 0, "lesion": 1}
 SPACING = (2.0, 1.5)  # (y, x) mm
 WINDOW = {"kind": "abdomen", "center": 40.0, "width": 400.0, "low": -160.0, "high": 240.0}
-FORMATS = ["nnunet", "png", "npz", "dicom"]
+FORMATS = list(REGISTERED_FORMATS.names())  # every registered format, end to end
 
 
 def _model(root: Path, spec: DCGANSpec, **extra) -> Path:

@@ -21,6 +21,7 @@ from augment.training import stage as train_mod
 from augment.training.checkpoint import load_checkpoint
 from augment.training.diffaug import diff_augment
 from augment.training.loop import DivergenceError
+from augment.training.losses import LOSSES
 from augment.training.losses.hinge import HingeLoss
 from augment.training.stage import train
 from augment.training.step import Trainer
@@ -230,9 +231,10 @@ def test_fraction_picks_seeded_patient_subset(store: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     "options",
     [
-        {"loss": "bce"},
-        {"loss": "hinge"},
-        {"loss": "wgan-gp", "n_critic": 2},
+        *(
+            {"loss": name, "n_critic": 2 if LOSSES.get(name).gradient_penalty else 1}
+            for name in LOSSES.names()
+        ),  # every registered loss trains end to end
         {"spectral_norm": False, "d_batchnorm": True},  # the plain DCGAN
         {"conditional": False, "with_masks": "no"},
         {"diffaug": ["translation", "cutout", "color"], "projection": "dense", "dropout": 0.2},
