@@ -173,14 +173,15 @@ class Generator(nn.Module):
         else:
             self.project = nn.Linear(n_in, c0 * 16, bias=False)
         self.c0 = c0
-        blocks: list[nn.Module] = [self._norm(c0), nn.ReLU(True)]
+        blocks: list[nn.Module] = [self._norm(c0), nn.ReLU(True)]  # (B, c0, 4, 4)
         for i in range(n - 1):
             c_in, c_out = spec.ngf * _mult(i, n), spec.ngf * _mult(i + 1, n)
             blocks += [
-                nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
+                nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),  # (B, c_out, 2^(i+3), ...)
                 self._norm(c_out),
                 nn.ReLU(True),
             ]
+        # (B, ngf, S/2, S/2) -> (B, channels + mask_channels, S, S)
         blocks += [nn.ConvTranspose2d(spec.ngf, spec.out_channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*blocks)
         init_weights(self)
@@ -227,6 +228,7 @@ class Discriminator(nn.Module):
         c_in = spec.out_channels
         for i in range(n):
             c_out = spec.ndf * _mult(n - 1 - i, n)  # ndf, 2ndf, ... capped at 8ndf
+            # (B, c_in, S/2^i, S/2^i) -> (B, c_out, S/2^(i+1), S/2^(i+1))
             layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not spec.d_batchnorm or i == 0))
             if spec.d_batchnorm and i > 0:
                 layers.append(nn.BatchNorm2d(c_out))
