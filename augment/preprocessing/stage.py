@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -33,6 +34,7 @@ from augment.config import PreprocessConfig
 from augment.contracts.slice_store import SPLITS, SliceStoreWriter
 from augment.contracts.window import PERCENTILE, Window
 from augment.errors import ConfigError, InputError
+from augment.io.atomic import remove_leftovers
 from augment.preprocessing.arrays import Slices, split_patients
 from augment.preprocessing.privacy import file_token, load_key, pseudonym, reemit
 from augment.preprocessing.readers import READERS
@@ -100,7 +102,10 @@ def preprocess(
                 raise InputError(_nothing_readable(inputs, run))
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        spool = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-spool-", dir=out.parent))
+        remove_leftovers(out)  # spools and partial stores of dead runs
+        spool = Path(
+            tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-spool-", dir=out.parent)
+        )
         try:
             spooled, window = _spool_all(run, cfg, spool, pool)
             if classes is not None:

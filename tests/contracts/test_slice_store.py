@@ -99,3 +99,37 @@ def test_a_damaged_store_is_a_store_error_naming_the_file(tmp_path, damage, need
     damage(tmp_path / "s")
     with pytest.raises(StoreError, match=needle):
         SliceStore.open(tmp_path / "s")
+
+
+def test_leftovers_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    pid = int(dead.stdout)  # that process has exited
+    stale = [tmp_path / f".out.tmp-{pid}-abc", tmp_path / f".out.tmp-{pid}-spool-x",
+             tmp_path / f".out.old-{pid}"]  # fmt: skip
+    for path in stale:
+        path.mkdir()
+        (path / "big.npy").write_bytes(b"x" * 100)
+    mine = tmp_path / f".out.tmp-{os.getppid()}-live"  # a running process (pytest's parent)
+    mine.mkdir()
+    other = tmp_path / ".other.tmp-1-x"
+    other.mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "f").write_text("ok")
+    assert not any(p.exists() for p in stale)
+    assert mine.exists() and other.exists()
+
+
+def test_a_second_writer_into_the_same_new_output_is_refused(tmp_path):
+    target = tmp_path / "synthetic"
+    refused = pytest.raises(FileExistsError, match="another run wrote it meanwhile")
+    with refused, atomic_dir(target, overwrite=False) as first:
+        (first / "a").write_text("first")
+        with atomic_dir(target, overwrite=False) as second:  # starts before the first ends
+            (second / "b").write_text("second")
+        # the second finished first: the first must not replace it
+    assert (target / "b").read_text() == "second" and not (target / "a").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".synthetic")]
