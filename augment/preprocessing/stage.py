@@ -36,7 +36,14 @@ from augment.contracts.window import PERCENTILE, Window
 from augment.errors import ConfigError, InputError
 from augment.io.atomic import remove_leftovers
 from augment.preprocessing.arrays import Slices, split_patients
-from augment.preprocessing.privacy import file_token, load_key, pseudonym, reemit
+from augment.preprocessing.privacy import (
+    check_public_key_use,
+    file_token,
+    is_public_key,
+    load_key,
+    pseudonym,
+    reemit,
+)
 from augment.preprocessing.readers import READERS
 from augment.preprocessing.readers.base import Found, MapFn
 from augment.preprocessing.workers import Job, outcomes, pool_map, worker_pool
@@ -94,6 +101,8 @@ def preprocess(
         run = _discover(inputs, cfg, key, pool_map(pool))
         if not run.jobs:
             raise InputError(_nothing_readable(inputs, run))
+        if is_public_key(key):
+            check_public_key_use(run.jobs)
         _check_lesion_labels(cfg, run.label_names)
         classes = _read_classes(labels_csv, cfg, key) if labels_csv is not None else None
         if classes is not None:

@@ -83,3 +83,26 @@ def test_library_warnings_name_the_file_by_token_and_quote_no_values(tmp_path, m
         for leak in ("SECRET", "1999", "SMITH", str(tmp_path)):
             assert leak not in text, text
     assert all(re.match(r"^F[0-9a-f]+: ", str(w.message)) for w in ours)
+
+
+def test_the_public_demo_key_pseudonymises_phantoms_only(tmp_path, monkeypatch):
+    from augment.config import PhantomsConfig, PreprocessConfig
+    from augment.phantoms.stage import make_phantoms
+    from augment.preprocessing.stage import preprocess
+    from tests.preprocessing.badinputs import SPACING, phantom, write_decathlon, write_dicom_series
+
+    monkeypatch.setenv(ENV_VAR, "augment-demo-phantoms")
+    make_phantoms(PhantomsConfig(patients=4, size=48, slices=6), tmp_path / "ph")
+    cfg = PreprocessConfig(size=32, labels_from="csv", workers=1)
+    for layout in ("nifti", "dicom"):
+        preprocess(cfg, [tmp_path / "ph" / layout], tmp_path / f"ok-{layout}",
+                   labels_csv=tmp_path / "ph" / "labels.csv")  # fmt: skip
+    image, mask = phantom()
+    write_decathlon(tmp_path / "real" / "nifti", {"case1": (image, mask)}, SPACING)
+    write_dicom_series(tmp_path / "real" / "dicom", image, SPACING, "REAL-1")
+    (tmp_path / "labels.csv").write_text("patient,class\ncase1,1\nREAL-1,0\n")
+    for layout in ("nifti", "dicom"):
+        with pytest.raises(InputError, match="public demo key"):
+            preprocess(cfg, [tmp_path / "real" / layout], tmp_path / f"no-{layout}",
+                       labels_csv=tmp_path / "labels.csv")  # fmt: skip
+        assert not (tmp_path / f"no-{layout}").exists()
