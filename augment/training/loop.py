@@ -133,7 +133,10 @@ class TrainingRun:
         meta = {"config": self.cfg.model_dump(), "spec": self.spec.to_dict(),
                 "fingerprint": self.info.fingerprint, "world_size": self.dd.world}  # fmt: skip
         save_checkpoint(self.out / CHECKPOINT_FILE, self.trainer, rngs, meta)
-        if self.judge is None:  # otherwise the generator is the best snapshot, saved when found
+        if self.judge is None or self.best_g is None:
+            # With fidelity tracking the generator is the best scored snapshot, saved when
+            # found; until the first score the last good step stands in, so a run that stops
+            # early still leaves a model that loads.
             self._save_generator(step)
         self.last_good = step
 
@@ -141,7 +144,10 @@ class TrainingRun:
         """A resumed run keeps competing with the best snapshot saved before it stopped."""
         assert self.judge is not None
         try:
-            g, info = load_generator(self.out, self.device)
+            # Building the network draws its initial weights from torch's global generator:
+            # fork it, so that resuming does not change the batches that follow.
+            with torch.random.fork_rng(devices=[]):
+                g, info = load_generator(self.out, self.device)
         except StoreError:
             return  # nothing saved yet, or the directory is another run's: start afresh
         record = info.config.get("fidelity") or {}
