@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -154,13 +154,3 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return curve
-
-
-def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless batches of indices: successive permutations, cut into batches of >= 2."""
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            if len(idx) >= 2:  # batch norm needs two samples
-                yield idx
