@@ -154,10 +154,10 @@ def gain_experiment(
     notes = []
     data, kept = task.view(data, cfg)
     if kept:
-        dropped = sum(len(getattr(data, s).labels) for s in kept)
+        remaining = sum(len(getattr(data, s).labels) for s in kept)
         notes.append(
             f"Slices with some lesion but below the positive-slice size were left out of this "
-            f"task (evaluate.drop_ambiguous); {dropped} slices remain in train, val and test."
+            f"task (evaluate.drop_ambiguous); {remaining} slices remain in train, val and test."
         )
         if features is not None:
             features = {s: f[kept[s]] if s in kept else f for s, f in features.items()}
