@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -31,6 +31,10 @@ from augment.training.losses import LOSSES
 
 InputFormat = Literal["dicom", "nifti"]
 DiffAugPolicy = Literal["translation", "cutout", "color"]
+# The arms of the gain experiment: the training sets every downstream model is compared on.
+Arm = Literal["real", "real_classic", "real_synthetic", "real_classic_synthetic"]
+ARMS: tuple[Arm, ...] = get_args(Arm)
+DEFAULT_ARMS: tuple[Arm, ...] = ("real", "real_classic", "real_synthetic")
 
 
 def _default_formats() -> list[InputFormat]:
@@ -227,6 +231,12 @@ class EvaluateConfig(_Section):
         description="downstream tasks (null: every task the store supports; segmentation needs "
         "masks): " + TASKS.help(),
     )
+    arms: list[Arm] = Field(
+        default_factory=lambda: list(DEFAULT_ARMS),
+        description="training sets compared (real and real_synthetic always; "
+        "real_classic_synthetic asks whether synthetic slices help on top of classic "
+        "augmentation, at a third more time)",
+    )
     classifier: Literal["densenet121", "resnet18", "small"] = "small"
     seeds: int = Field(3, ge=1, le=50)
     steps: int = Field(400, ge=1, description="classifier steps, the same in every arm")
@@ -272,6 +282,16 @@ class EvaluateConfig(_Section):
         0, ge=0, le=64, description="processes training arms on the CPU (0: one per core)"
     )
     seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _arms(self) -> EvaluateConfig:
+        missing = [a for a in ("real", "real_synthetic") if a not in self.arms]
+        if missing or len(set(self.arms)) != len(self.arms):
+            raise ValueError(
+                f"arms: expected distinct arms including real and real_synthetic (the headline "
+                f"compares them), got {self.arms}"
+            )
+        return self
 
 
 STAGES: dict[str, type[_Section]] = {

@@ -28,14 +28,13 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from augment.config import EvaluateConfig
+from augment.config import ARMS, EvaluateConfig
 from augment.evaluation import stats
 from augment.evaluation.runner import Job, run_jobs
 from augment.evaluation.stats import Interval
 from augment.evaluation.tasks import TASKS
 from augment.evaluation.tasks.base import Decision, Task
 
-ARMS = ("real", "real_classic", "real_synthetic", "real_classic_synthetic")
 COMPARISONS = (
     ("real_classic", "real"),
     ("real_synthetic", "real"),
@@ -164,9 +163,9 @@ def gain_experiment(
     usable_idx = usable_synthetic(data, task)
     usable = len(usable_idx)
     n_syn = min(int(round(cfg.synthetic_ratio * len(data.train.labels))), usable)
-    arms = list(ARMS)
+    arms: list[str] = [a for a in ARMS if a in cfg.arms]  # in the canonical order
     if usable == 0 or n_syn == 0:
-        arms = ["real", "real_classic"]
+        arms = [a for a in arms if "synthetic" not in a]
         notes.append(
             "The synthetic arms were skipped: the synthetic slices carry no class "
             "(unconditional generator), no mask where the task needs one, or synthetic_ratio "

@@ -104,6 +104,10 @@ def run_jobs(
             outcomes.append(_train(job))
             done(outcomes[-1])
         return outcomes
+    if any(job.classic for job in jobs):
+        # Imported once here and inherited by the forked workers (about 3 s in each otherwise).
+        import monai.transforms  # noqa: F401
+
     ctx = multiprocessing.get_context("fork")  # the slices are shared, not pickled
     initargs = (task_name, splits, cfg, n_classes, device, 1)
     by_job: dict[Job, Outcome] = {}

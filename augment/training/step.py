@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,19 +13,13 @@ from torch import Tensor, nn
 
 from augment.config import TrainConfig
 from augment.nets.dcgan import DCGANSpec, Discriminator, Generator, recalibrate_batchnorm
+from augment.nets.device import to_device
 from augment.training.ddp import plain_batchnorm, sync_batchnorm
 from augment.training.diffaug import diff_augment
 from augment.training.losses import LOSSES
 from augment.training.losses.base import GANLoss
 
 BN_BATCHES = 16  # passes of 64 noise vectors that recalibrate the EMA G's batch norm
-
-M = TypeVar("M", bound=nn.Module)
-
-
-def _to(module: M, device: torch.device | None, memory_format: torch.memory_format) -> M:
-    """``module.to(device, memory_format=...)``: documented, but not in torch's overloads."""
-    return module.to(device, memory_format=memory_format)  # type: ignore[call-overload]
 
 
 class Trainer:
@@ -49,8 +43,8 @@ class Trainer:
         g, d = Generator(spec), Discriminator(spec)
         if distributed:  # batch statistics over all processes, not per process
             g, d = sync_batchnorm(g, self.cuda), sync_batchnorm(d, self.cuda)
-        self.g = _to(g, device, fmt)
-        self.d = _to(d, device, fmt)
+        self.g = to_device(g, device, fmt)
+        self.d = to_device(d, device, fmt)
         self.distributed = distributed
         # What a step calls: G and D themselves, or their DDP wrappers (and compiled).
         self.g_run: Callable[..., Tensor] = self.g
@@ -184,7 +178,7 @@ class Trainer:
     def sampling_generator(self, class_probs: Tensor | None = None) -> Generator:
         """A copy of the EMA generator whose eval mode gives what training shows."""
         g = plain_batchnorm(copy.deepcopy(self.g_ema))
-        g = _to(g, None, torch.contiguous_format)
+        g = to_device(g, None, torch.contiguous_format)
         recalibrate_batchnorm(g, BN_BATCHES, 64, seed=self.cfg.seed, class_probs=class_probs)
         return g.eval()
 

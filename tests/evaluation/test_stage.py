@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from augment.config import EvaluateConfig
+from augment.config import ARMS, EvaluateConfig
 from augment.contracts.slice_store import SliceStore, SliceStoreWriter
 from augment.errors import AugmentError, StoreError
 from augment.evaluation import experiment as gx
@@ -83,7 +83,9 @@ def test_every_arm_trains_on_exactly_the_gan_patients_and_never_on_val_or_test(
         return real_train(train, val, *args, **kwargs)
 
     monkeypatch.setattr(classification, "train_classifier", spy)
-    gain = gx.gain_experiment(data, _cfg(seeds=1, steps=10, workers=1), CPU)  # spy sees all
+    gain = gx.gain_experiment(
+        data, _cfg(seeds=1, steps=10, workers=1, arms=list(ARMS)), CPU
+    )  # spy sees all
     n = len(data.train.labels)
     held = np.concatenate([data.val.images, data.test.images]).reshape(-1, S * S)
     for images, _ in seen:
@@ -136,7 +138,22 @@ def test_gains_are_paired_differences_of_arm_means() -> None:
     means = {a: np.mean(gain.per_seed[a]["auc"]) for a in ("real_synthetic", "real")}
     assert g.value == pytest.approx(means["real_synthetic"] - means["real"])
     assert g.low <= g.value <= g.high
+    assert gain.arms == ["real", "real_classic", "real_synthetic"]  # the default arms
+    assert set(gain.gains) == {
+        "real_classic_vs_real", "real_synthetic_vs_real", "real_synthetic_vs_real_classic"
+    }  # fmt: skip
+
+
+def test_every_arm_asked_for_is_trained_and_compared() -> None:
+    gain = gx.gain_experiment(_data(), _cfg(seeds=1, arms=list(reversed(ARMS))), CPU)
+    assert gain.arms == list(ARMS)  # in the canonical order, whatever order they were asked in
     assert set(gain.gains) == {f"{a}_vs_{b}" for a, b in gx.COMPARISONS}
+
+
+@pytest.mark.parametrize("arms", [["real"], ["real_synthetic"], ["real", "real", "real_synthetic"]])
+def test_arms_without_the_headline_pair_are_refused(arms: list[str]) -> None:
+    with pytest.raises(ValueError, match="including real and real_synthetic"):
+        EvaluateConfig(arms=arms)
 
 
 def test_noise_generator_has_large_fid_and_no_gain(tmp_path: Path) -> None:
@@ -180,7 +197,7 @@ def test_outputs_are_complete_self_contained_and_free_of_patient_keys(tmp_path: 
         "plots/gain_classification.csv",
         "plots/train/train/loss_g.tsv",
     } <= names
-    assert {f"plots/roc/{a}.csv" for a in gx.ARMS} <= names
+    assert {f"plots/roc/{a}.csv" for a in EvaluateConfig().arms} <= names
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and 'src="http' not in page
     for path in out.rglob("*"):
@@ -188,7 +205,7 @@ def test_outputs_are_complete_self_contained_and_free_of_patient_keys(tmp_path: 
             assert "SECRET" not in path.read_text(errors="ignore"), path
     metrics = json.loads((out / "metrics_detail.json").read_text())
     task = metrics["tasks"]["classification"]
-    assert metrics["fraction"] == 0.5 and set(task["arms"]) == set(gx.ARMS)
+    assert metrics["fraction"] == 0.5 and list(task["arms"]) == EvaluateConfig().arms
     assert set(task["floors"]) == {"intensity_share", "mean_intensity", "body_share",
                                    "linear_probe"}  # fmt: skip
     assert set(metrics["tasks"]) == {"classification"}  # the toy store has no masks

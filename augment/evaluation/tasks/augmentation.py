@@ -84,8 +84,8 @@ def classic_intensity(seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
     Gaussian noise, gamma (contrast) and Gaussian smoothing, each with p = 0.3: what the
     ``classic`` arms add to the geometric and linear intensity changes every arm gets.
     """
+    from monai.data import get_track_meta, set_track_meta
     from monai.transforms import Compose, RandAdjustContrast, RandGaussianNoise, RandGaussianSmooth
-    from monai.utils import convert_to_tensor
 
     chain = Compose(
         [
@@ -97,8 +97,14 @@ def classic_intensity(seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
     chain.set_random_state(seed)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        # One draw per slice; plain tensors out (a MetaTensor slows every op of the network).
-        out = [convert_to_tensor(chain(s), track_meta=False) for s in batch]  # (C, S, S) each
+        # One draw per slice, on plain tensors: MONAI's metadata tracking costs more than the
+        # transforms themselves here (27 against 10 ms per batch of 64 on one core).
+        tracking = get_track_meta()
+        set_track_meta(False)
+        try:
+            out = [torch.as_tensor(chain(s)) for s in batch]  # (C, S, S) each
+        finally:
+            set_track_meta(tracking)
         return torch.stack(out).clamp(-1, 1)  # (B, C, S, S)
 
     return run

@@ -23,6 +23,7 @@ from augment.evaluation.floors import SHORTCUTS, fit_probe, shortcut_statistics
 from augment.evaluation.tasks import augmentation
 from augment.evaluation.tasks.base import Schedule, fit
 from augment.nets.classifier import build_classifier
+from augment.nets.device import to_device
 
 if TYPE_CHECKING:
     from augment.evaluation.experiment import ExperimentData, Split
@@ -35,6 +36,7 @@ CLASSIFICATION_METRICS = (
     "sensitivity_at_90_specificity",
 )
 FIXED_SPECIFICITY = 0.9
+LAST = torch.channels_last  # 10-20% faster convolutions on the CPU (benchmarks in docs)
 
 
 def classification_metrics(
@@ -144,7 +146,7 @@ def _predict(
     out = []
     with torch.no_grad():
         for start in range(0, len(images), 256):
-            x = torch.from_numpy(images[start : start + 256]).to(device)  # (b, C, S, S)
+            x = torch.from_numpy(images[start : start + 256]).to(device, memory_format=LAST)
             views = (x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)) if flips else (x,)
             probs = [F.softmax(model(v).float(), dim=1) for v in views]
             out.append(torch.stack(probs).mean(dim=0).cpu().numpy())
@@ -194,7 +196,7 @@ def train_classifier(
     """
     images, labels = train.images, train.labels
     torch.manual_seed(seed)
-    model = build_classifier(cfg.classifier, n_classes, images.shape[1]).to(device)
+    model = to_device(build_classifier(cfg.classifier, n_classes, images.shape[1]), device, LAST)
     gen = torch.Generator().manual_seed(seed)
     counts = np.bincount(labels, minlength=n_classes).clip(min=1)
     draw_weight = torch.from_numpy(1.0 / counts[labels])  # each class drawn equally often
@@ -204,7 +206,7 @@ def train_classifier(
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         x = augmentation.apply(x_all[idx], augmentation.draw(len(idx), gen))
         x = extra(x) if extra else x  # (B, C, S, S)
-        return F.cross_entropy(model(x.to(device)), y_all[idx].to(device))
+        return F.cross_entropy(model(x.to(device, memory_format=LAST)), y_all[idx].to(device))
 
     schedule = Schedule(cfg.steps, cfg.batch_size, cfg.lr, cfg.val_checks, cfg.select)
     curve = fit(
