@@ -324,6 +324,40 @@ def evaluate(
     _run(evaluate_and_show)
 
 
+@app.command()
+def plots(
+    revs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Revisions to compare (commits, branches, dvc exp names); none: the workspace.",
+            show_default=False,
+        ),
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", help="Plot file or folder (repeat); none: every plot."),
+    ] = None,
+    x: Annotated[str | None, typer.Option("-x", help="Field for the x axis.")] = None,
+    y: Annotated[str | None, typer.Option("-y", help="Field for the y axis.")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="DVC plot template, e.g. gain_curve (.dvc/plots).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="The page to write.")] = Path(
+        "dvc_plots/offline.html"
+    ),
+) -> None:
+    """DVC's plots as one page with no scripts and no network (air-gapped workstations).
+
+    Example: augment plots $(dvc exp ls --name-only) --target reports/plots/gain_classification.csv
+    -x fraction -y gain_vs_real --template gain_curve
+    """  # fmt: skip
+    from augment.io.plots import offline_plots
+
+    options = [a for k, v in (("-x", x), ("-y", y), ("--template", template)) if v for a in (k, v)]
+    page, count = _run(offline_plots, revs or [], target or [], options, out)
+    typer.echo(f"{count} plots -> {page}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
