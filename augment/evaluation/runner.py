@@ -9,10 +9,8 @@ itself, so the results do not depend on which worker trained it or in which orde
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +20,8 @@ import torch
 from augment.config import EvaluateConfig
 from augment.evaluation.tasks import TASKS
 from augment.evaluation.tasks.base import Decision, Task
+from augment.parallel import process_pool
+from augment.parallel import worker_count as parallel_workers
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,7 @@ def _train(job: Job) -> Outcome:
 
 def worker_count(cfg: EvaluateConfig, device: torch.device, jobs: int) -> int:
     """Processes to use: ``evaluate.workers`` (0: one per CPU core), 1 on an accelerator."""
-    if device.type != "cpu":
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    wanted = cfg.workers or (cores or 1)
-    return max(1, min(wanted, jobs))
+    return 1 if device.type != "cpu" else parallel_workers(cfg.workers, jobs)
 
 
 def run_jobs(
@@ -108,10 +104,10 @@ def run_jobs(
         # Imported once here and inherited by the forked workers (about 3 s in each otherwise).
         import monai.transforms  # noqa: F401
 
-    ctx = multiprocessing.get_context("fork")  # the slices are shared, not pickled
+    # Forked: the slices are shared, not pickled; the workers end with this process.
     initargs = (task_name, splits, cfg, n_classes, device, 1)
     by_job: dict[Job, Outcome] = {}
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=initargs) as pool:
+    with process_pool(workers, _init, initargs) as pool:
         futures = [pool.submit(_train, job) for job in jobs]
         for future in as_completed(futures):
             outcome = future.result()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -19,6 +17,7 @@ from rich.table import Table
 
 from augment.config import PhantomsConfig
 from augment.io.atomic import atomic_dir
+from augment.parallel import process_pool, worker_count
 from augment.phantoms.generate import generate_phantom, lesion_patients
 from augment.phantoms.writers import dataset_json, write_dicom_series, write_nifti_case
 
@@ -83,12 +82,11 @@ def _make_patient(
 
 @contextmanager
 def _pool(cfg: PhantomsConfig) -> Iterator[ProcessPoolExecutor | None]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(cfg.workers or (cores or 1), cfg.patients)
+    workers = worker_count(cfg.workers, cfg.patients)
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with process_pool(workers) as pool:
         yield pool
 
 

@@ -8,8 +8,6 @@ the volume (:mod:`augment.preprocessing.readers.dicom`,
 
 from __future__ import annotations
 
-import multiprocessing
-import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from pathlib import Path
 from augment.config import PreprocessConfig
 from augment.contracts.volume import Volume
 from augment.errors import InputError
+from augment.parallel import process_pool
 from augment.preprocessing.arrays import Slices, process_volume
 from augment.preprocessing.privacy import captured_warnings, file_token
 from augment.preprocessing.readers import READERS
@@ -100,13 +99,9 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     if workers == 1:
         yield None
         return
-    # fork starts a worker in milliseconds; spawn (macOS, Windows, or a spawned parent) makes
-    # every worker import the package again first, which costs seconds.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context(
-        "fork" if sys.platform == "linux" and "fork" in methods else None
-    )
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    # Forked where possible: spawn (macOS, Windows) makes every worker import the package again
+    # first, which costs seconds. The workers end with this process, even when it is killed.
+    with process_pool(workers) as pool:
         list(pool.map(_noop, range(workers)))
         yield pool
 

@@ -8,7 +8,6 @@ generated; at most a few batches are in flight, so memory does not grow with ``n
 from __future__ import annotations
 
 import csv
-import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +18,7 @@ import torch
 
 from augment.contracts.synthetic_set import MANIFEST
 from augment.errors import StoreError
+from augment.parallel import cpu_cores
 from augment.sampling.draw import class_of, generate
 from augment.sampling.formats.base import SampleFormat, SampleRun
 from augment.training.consistency import matches_class
@@ -27,13 +27,6 @@ COLUMNS = (
     "case", "file", "label_file", "class", "class_name", "seed", "noise_index", "truncation",
     "model_sha256",
 )  # fmt: skip
-
-
-def _workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def write_samples(
@@ -95,7 +88,7 @@ class _Writers:
     def __init__(self, run: SampleRun, fmt: SampleFormat) -> None:
         self.run, self.fmt = run, fmt
         self.sink = fmt.sink(run)
-        self.pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="augment-write")
+        self.pool = ThreadPoolExecutor(max_workers=cpu_cores(), thread_name_prefix="augment-write")
         self.pending: deque[Future[None]] = deque()
 
     def __enter__(self) -> _Writers:
@@ -114,14 +107,14 @@ class _Writers:
             self.sink.append(images, masks, classes)
             done(len(idx))
             return
-        for part in np.array_split(np.arange(len(idx)), _workers()):
+        for part in np.array_split(np.arange(len(idx)), cpu_cores()):
             if len(part):
                 part_masks = None if masks is None else masks[part]
                 args = (self.run, self.fmt, idx[part], images[part], part_masks, classes[part])
                 fut = self.pool.submit(_write_cases, *args)
                 fut.add_done_callback(_reporting(done, len(part)))
                 self.pending.append(fut)
-        while len(self.pending) > 4 * _workers():  # bound the batches held in memory
+        while len(self.pending) > 4 * cpu_cores():  # bound the batches held in memory
             self.pending.popleft().result()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
