@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -82,6 +83,9 @@ def _create_key(path: Path) -> None:
         return
     with os.fdopen(fd, "w") as fh:
         fh.write(os.urandom(32).hex() + "\n")
+
+
+TOKEN = re.compile(rf"F[0-9a-f]{{{_DIGITS}}}")  # what file_token returns
 
 
 def _digest(key: bytes, text: str) -> str:

@@ -35,8 +35,10 @@ from augment.contracts.slice_store import SPLITS, SliceStoreWriter
 from augment.contracts.window import PERCENTILE, Window
 from augment.errors import ConfigError, InputError
 from augment.io.atomic import remove_leftovers
+from augment.io.jsonfile import write_json
 from augment.preprocessing.arrays import Slices, split_patients
 from augment.preprocessing.privacy import (
+    TOKEN,
     check_public_key_use,
     file_token,
     is_public_key,
@@ -100,7 +102,7 @@ def preprocess(
     with worker_pool(cfg.workers) as pool:
         run = _discover(inputs, cfg, key, pool_map(pool))
         if not run.jobs:
-            raise InputError(_nothing_readable(inputs, run))
+            raise _nothing_readable(inputs, run, out)
         if is_public_key(key):
             check_public_key_use(run.jobs)
         _check_lesion_labels(cfg, run.label_names)
@@ -108,7 +110,7 @@ def preprocess(
         if classes is not None:
             run.jobs = _drop_unlabelled(run, classes)
             if not run.jobs:
-                raise InputError(_nothing_readable(inputs, run))
+                raise _nothing_readable(inputs, run, out)
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_leftovers(out)  # spools and partial stores of dead runs
@@ -117,9 +119,12 @@ def preprocess(
         )
         try:
             spooled, window = _spool_all(run, cfg, spool, pool)
+            if not spooled:
+                raise _nothing_readable(inputs, run, out)
             if classes is not None:
                 _check_csv_patients(classes, spooled, run, cfg)
             meta = _write_store(cfg, out, run, spooled, classes, window)
+            skipped_record(out).unlink(missing_ok=True)  # an earlier failed run's record
         finally:
             shutil.rmtree(spool, ignore_errors=True)
     return meta
@@ -150,10 +155,23 @@ def _check_lesion_labels(cfg: PreprocessConfig, label_names: dict[str, int] | No
         )
 
 
-def _skip(run: _Run, cfg: PreprocessConfig, name: str, reason: str) -> None:
+def _skip(
+    run: _Run, cfg: PreprocessConfig, name: str, reason: str, files: tuple[str, ...] = ()
+) -> None:
+    """Record a skipped input; a volume of several files (``files``: their tokens) gets one
+    entry per file, each with the reason and without another file's token in front of it."""
+    culprit, _, rest = reason.partition(": ")
+    named = TOKEN.fullmatch(culprit) is not None
+    reason = rest if named else reason
     if cfg.strict:
-        raise InputError(f"{name}: {reason} (--strict stops at the first bad input)")
-    run.skipped.append({"input": name, "reason": reason})
+        raise InputError(
+            f"{culprit if named else name}: {reason} (--strict stops at the first bad input)"
+        )
+    for token in files or (name,):
+        why = reason
+        if named and token != culprit:
+            why = f"its series was skipped: {reason} (file {culprit})"
+        run.skipped.append({"input": token, "reason": why})
 
 
 def _discover(inputs: list[Path], cfg: PreprocessConfig, key: bytes, map_fn: MapFn = map) -> _Run:
@@ -176,7 +194,8 @@ def _discover(inputs: list[Path], cfg: PreprocessConfig, key: bytes, map_fn: Map
         for item in found_here.found:
             name = file_token(item.first_file, root, key)
             if cfg.labels_from == "mask" and not item.has_mask:
-                _skip(run, cfg, name, "no mask, but labels_from is 'mask' (use a labels CSV)")
+                reason = "no mask, but labels_from is 'mask' (use a labels CSV)"
+                _skip(run, cfg, name, reason, _tokens(item, root, key))
                 continue
             found.append((pseudonym(item.raw_patient, key), fmt, item, root))
     # Order by pseudonym, not by path: folder names differ between layouts (and may carry
@@ -185,8 +204,14 @@ def _discover(inputs: list[Path], cfg: PreprocessConfig, key: bytes, map_fn: Map
         source = f"{patient}/series-{counts[patient]}"
         counts[patient] += 1
         name = file_token(item.first_file, root, key)
-        run.jobs.append(Job(fmt, item.item, root, patient, source, name, key))
+        tokens = _tokens(item, root, key)
+        run.jobs.append(Job(fmt, item.item, root, patient, source, name, key, tokens))
     return run
+
+
+def _tokens(item: Found, root: Path, key: bytes) -> tuple[str, ...]:
+    """The keyed tokens of every input file of a found volume."""
+    return tuple(file_token(p, root, key) for p in item.files or (item.first_file,))
 
 
 def _claimant(root: Path) -> str:
@@ -198,13 +223,26 @@ def _claimant(root: Path) -> str:
     return READERS.names()[-1]
 
 
-def _nothing_readable(inputs: list[Path], run: _Run) -> str:
+def skipped_record(out: Path) -> Path:
+    """Where a run that found nothing readable records what it skipped: beside ``out``."""
+    return out.with_name(f"{out.name}.skipped.json")
+
+
+def _nothing_readable(inputs: list[Path], run: _Run, out: Path) -> InputError:
+    """The error of a run with nothing to store, after recording every skipped input and why
+    (by keyed token) in :func:`skipped_record`, since no ``meta.json`` will hold them."""
     where = ", ".join(str(p) for p in inputs) or "(no --input)"
     if not run.skipped:
-        return f"{where}: expected DICOM or NIfTI volumes, got none"
+        return InputError(f"{where}: expected DICOM or NIfTI volumes, got none")
+    record = skipped_record(Path(out))
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_json(record, {"volumes_stored": 0, "skipped": run.skipped})
     reasons = Counter(s["reason"] for s in run.skipped).most_common(3)
     listed = "; ".join(f"{n} x {r}" for r, n in reasons)
-    return f"{where}: expected readable volumes, got none ({len(run.skipped)} skipped: {listed})"
+    return InputError(
+        f"{where}: expected readable volumes, got none ({len(run.skipped)} skipped: {listed}); "
+        f"every skipped input with its reason: {record}"
+    )
 
 
 def _read_classes(path: Path, cfg: PreprocessConfig, key: bytes) -> dict[str, int]:
@@ -248,12 +286,8 @@ def _drop_unlabelled(run: _Run, classes: dict[str, int]) -> list[Job]:
         if job.patient in classes:
             kept.append(job)
         else:
-            run.skipped.append(
-                {
-                    "input": job.name,
-                    "reason": f"patient {job.patient} has no class in the labels CSV",
-                }
-            )
+            reason = f"patient {job.patient} has no class in the labels CSV"
+            run.skipped.extend({"input": t, "reason": reason} for t in job.files or (job.name,))
     return kept
 
 
@@ -280,13 +314,11 @@ def _spool_all(
             reemit(job.name, outcome.warned)
             progress.advance(task)
             if outcome.slices is None:
-                _skip(run, cfg, job.name, outcome.reason or "unreadable")
+                _skip(run, cfg, job.name, outcome.reason or "unreadable", job.files)
                 continue
             spooled.append(_spool(outcome.slices, job, spool / str(outcome.job_index)))
             windows.add(outcome.slices.window)
-    if not spooled:
-        raise InputError(_nothing_readable([], run).replace("(no --input)", "inputs"))
-    return spooled, _window_meta(cfg, windows)
+    return spooled, _window_meta(cfg, windows) if spooled else {}
 
 
 def _spool(slices: Slices, job: Job, path: Path) -> _Spooled:
@@ -375,7 +407,7 @@ def _meta(
         "spacing_range": [list(spacings[0]), list(spacings[-1])],
         "input_format": "+".join(sorted(run.formats)),
         "volumes_read": len(spooled),
-        "volumes_skipped": sum(1 for s in run.skipped if s["input"] != "labels CSV"),
+        "files_skipped": sum(1 for s in run.skipped if s["input"] != "labels CSV"),
         "patient_classes": dict(Counter(str(c) for c in patient_class.values())),
         "skipped": run.skipped,
         "params": cfg.model_dump(mode="json"),
@@ -388,7 +420,7 @@ def summary_table(meta: dict[str, Any]) -> Table:
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("volumes read", str(meta["volumes_read"]))
-    table.add_row("inputs skipped", str(len(meta["skipped"])))
+    table.add_row("input files skipped", str(meta["files_skipped"]))
     for reason, n in Counter(s["reason"] for s in meta["skipped"]).most_common():
         table.add_row(f"  {reason}", str(n))
     names = meta["class_names"]

@@ -37,6 +37,7 @@ class Job:
     source: str
     name: str
     key: bytes = field(repr=False)
+    files: tuple[str, ...] = ()  # tokens of every input file of the volume (empty: name's only)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 IDENTIFIERS = {
     "PatientName": "Doe^Jane",
@@ -175,6 +175,15 @@ def make_dicom_corpus(root: Path) -> dict[str, str]:
     data = (root / "truncated" / "cut.dcm").read_bytes()
     (root / "truncated" / "cut.dcm").write_bytes(data[: len(data) - 300])
     expected["truncated"] = "truncated"
+
+    big = np.resize(image[0], (64, 64))  # the encoder needs tiles above its resolution levels
+    ds = dicom_slice(big, (0, 0, 0), SPACING[1:], "J2K-1", generate_uid())
+    ds.compress(JPEG2000Lossless)  # encapsulated: pydicom drops a frame the file ends inside
+    (root / "j2k_truncated").mkdir()
+    ds.save_as(root / "j2k_truncated" / "a.dcm", enforce_file_format=True)
+    data = (root / "j2k_truncated" / "a.dcm").read_bytes()
+    (root / "j2k_truncated" / "a.dcm").write_bytes(data[: len(data) // 2])
+    expected["j2k_truncated"] = "truncated pixel data (the file ends inside it)"
 
     ds = dicom_slice(image[0], (0, 0, 0), SPACING[1:], "NOPIX-1", generate_uid())
     del ds.PixelData

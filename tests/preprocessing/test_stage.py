@@ -23,9 +23,9 @@ from augment.preprocessing.arrays import (
     split_patients,
     window_range,
 )
-from augment.preprocessing.privacy import ENV_VAR
+from augment.preprocessing.privacy import ENV_VAR, TOKEN, file_token, load_key
 from augment.preprocessing.readers import READERS
-from augment.preprocessing.stage import preprocess
+from augment.preprocessing.stage import preprocess, skipped_record
 from tests.preprocessing.badinputs import (
     IDENTIFIERS,
     SPACING,
@@ -212,12 +212,8 @@ def test_rerun_replaces_the_store_whole(demo, tmp_path):
 
 def test_bad_dicom_inputs_are_skipped_with_one_line_reasons(tmp_path):
     expected = make_dicom_corpus(tmp_path / "in")
-    (tmp_path / "labels.csv").write_text(
-        "patient,class\nGOOD-1,0\nDUP-1,1\nGAP-1,0\nMIX-1,1\nCUT-1,0\nIOP-1,1\nSLOPE-1,0\n"
-        "PROJECTION-1,0\nMOSAIC-1,1\nsagittal-1,0\noblique-1,1\nZERO-1,0\n"
-    )
     meta = preprocess(_cfg(labels_from="csv"), [tmp_path / "in"], tmp_path / "out",
-                      labels_csv=tmp_path / "labels.csv")  # fmt: skip
+                      labels_csv=_all_labelled(tmp_path))  # fmt: skip
     reasons = " | ".join(s["reason"] for s in meta["skipped"])
     for fragment in expected.values():
         assert fragment in reasons, fragment
@@ -228,11 +224,53 @@ def test_bad_dicom_inputs_are_skipped_with_one_line_reasons(tmp_path):
     assert saved["skipped"] == meta["skipped"]
 
 
+def test_every_file_of_a_skipped_series_has_its_own_entry(tmp_path):
+    make_dicom_corpus(tmp_path / "in")
+    meta = preprocess(_cfg(labels_from="csv"), [tmp_path / "in"], tmp_path / "out",
+                      labels_csv=_all_labelled(tmp_path))  # fmt: skip
+    key = load_key(None)
+    files = {file_token(p, tmp_path / "in", key): p
+             for p in (tmp_path / "in").rglob("*") if p.is_file()}  # fmt: skip
+    entries = [s for s in meta["skipped"] if s["input"] != "labels CSV"]
+    tokens = [s["input"] for s in entries]
+    assert len(tokens) == len(set(tokens))  # one entry per file
+    unrecorded = {files[t].parent.name for t in set(files) - set(tokens)}
+    assert unrecorded == {"good"}  # every file but the read series' has its reason
+    assert not any(TOKEN.match(s["reason"]) for s in entries)  # no other file's token in front
+    gap = [s["reason"] for s in entries if files[s["input"]].parent.name == "gap"]
+    assert len(gap) > 1 and all("gap" in r for r in gap)
+
+
+def _all_labelled(tmp_path: Path) -> Path:
+    csv = tmp_path / "labels.csv"
+    csv.write_text(
+        "patient,class\nGOOD-1,0\nDUP-1,1\nGAP-1,0\nMIX-1,1\nCUT-1,0\nIOP-1,1\nSLOPE-1,0\n"
+        "PROJECTION-1,0\nMOSAIC-1,1\nsagittal-1,0\noblique-1,1\nZERO-1,0\nJ2K-1,1\n"
+    )
+    return csv
+
+
+def test_nothing_readable_still_records_every_skipped_file(demo, tmp_path):
+    # labels_from: mask on DICOM (no masks): every series is skipped; no store, but a record.
+    out = tmp_path / "data" / "slices"
+    with pytest.raises(InputError, match="every skipped input with its reason") as err:
+        preprocess(_cfg(), [demo / "dicom"], out)
+    record = skipped_record(out)
+    assert str(record) in str(err.value) and not out.exists()
+    text = record.read_text()
+    n_files = sum(1 for p in (demo / "dicom").rglob("*") if p.is_file())
+    entries = json.loads(text)["skipped"]
+    assert len(entries) == n_files and all(e["input"].startswith("F") for e in entries)
+    assert "PHANTOM" not in text and str(demo) not in text  # tokens, never ids or paths
+    preprocess(_cfg(), [demo / "nifti"], out)  # a run that stores removes the stale record
+    assert not record.exists() and (out / "meta.json").is_file()
+
+
 def test_bad_nifti_inputs_are_skipped_with_reasons(tmp_path):
     expected = make_nifti_corpus(tmp_path / "in")
     meta = preprocess(_cfg(), [tmp_path / "in"], tmp_path / "out")
     reasons = [s["reason"] for s in meta["skipped"]]
-    assert len(reasons) == len(expected)
+    assert len(reasons) == 2 * len(expected)  # one entry per file: the image and its mask
     for fragment in expected.values():
         assert any(fragment in r for r in reasons), fragment
     assert meta["volumes_read"] == 2
@@ -250,7 +288,8 @@ def test_csv_naming_missing_patients_and_unlabelled_volumes(demo, tmp_path):
     csv.write_text("patient,class\nPHANTOM-0000,1\nPHANTOM-0001,normal\nNOBODY-9,0\n")
     meta = preprocess(_cfg(labels_from="csv"), [demo / "nifti"], tmp_path / "out", labels_csv=csv)
     reasons = [s["reason"] for s in meta["skipped"]]
-    assert sum("no class in the labels CSV" in r for r in reasons) == N_PATIENTS - 2
+    unlabelled = sum("no class in the labels CSV" in r for r in reasons)
+    assert unlabelled == 2 * (N_PATIENTS - 2)  # an entry for the image and one for the mask
     assert any("1 patients have no readable input" in r for r in reasons)
     assert "NOBODY" not in json.dumps(meta)
     csv.write_text("patient,class\nPHANTOM-0000,tumour\n")

@@ -26,12 +26,15 @@ class Found:
         raw_patient: the patient identifier as found; pseudonymised before use, never written.
         first_file: the volume's first file (what skip messages name, by token).
         has_mask: whether a segmentation mask comes with it.
+        files: every input file of the volume (its mask's among them): a volume skipped as a
+            whole is recorded once per file. Empty: ``first_file`` only.
     """
 
     item: object
     raw_patient: str
     first_file: Path
     has_mask: bool
+    files: tuple[Path, ...] = ()
 
 
 @dataclass

@@ -179,6 +179,8 @@ def _classify(path: Path) -> tuple[tuple[str, ...], str, FileInfo]:
     if modality in NON_IMAGE:
         raise InputError(f"{name}: {NON_IMAGE[modality]}, not an image")
     if not any(tag in ds for tag in _PIXEL_TAGS):
+        if _has_pixel_tag(path):  # the element is there, but the file ends inside it
+            raise InputError(f"{name}: truncated pixel data (the file ends inside it)")
         raise InputError(f"{name}: no pixel data")
     kinds = {str(v).upper() for v in (ds.get("ImageType") or [])}
     for value, what in _NOT_A_PLANE.items():
@@ -294,6 +296,17 @@ def read_series(
     if monochrome1:  # higher values mean darker: turn them so that higher means brighter
         image = image.min() + image.max() - image
     return Volume(image=image, spacing=spacing, patient=patient, source=source, modality=modality)
+
+
+def _has_pixel_tag(path: Path) -> bool:
+    """Whether the bytes of the (7FE0,0010) Pixel Data tag occur in the file: pydicom drops an
+    element the file ends inside of (a truncated encapsulated JPEG 2000 frame, say), so a
+    header without pixel data may still be a truncated image."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data
 
 
 def _read_full(path: Path, name: str) -> Dataset:
@@ -499,7 +512,7 @@ class DicomReader:
     ) -> Discovery:
         series, skipped = scan_dicom(root, name_of, map_fn)
         # DICOM SEG and RTSTRUCT masks are not read yet: a series never brings a mask.
-        found = [Found(s, s.raw_patient, s.files[0], has_mask=False) for s in series]
+        found = [Found(s, s.raw_patient, s.files[0], False, s.files) for s in series]
         return Discovery(found, skipped)
 
     def read(

@@ -339,7 +339,10 @@ class NiftiReader:
         self, root: Path, cfg: PreprocessConfig, name_of: Namer, map_fn: MapFn
     ) -> Discovery:
         cases = find_cases(root, cfg.channel, cfg.mask_pattern)
-        found = [Found(c, c.case, c.image, has_mask=c.mask is not None) for c in cases]
+        found = [
+            Found(c, c.case, c.image, c.mask is not None, (c.image, *([c.mask] if c.mask else [])))
+            for c in cases
+        ]
         return Discovery(found, label_names=read_label_names(root))
 
     def read(
