@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -81,8 +82,15 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         raise _fail(f"{name}{exc.strerror or exc}") from None
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise _fail(f"{exc.filename or 'output'}: no space left on the device") from None
+        where = f"{exc.filename}: " if exc.filename else ""
+        # numpy reports a short write (a full disk while saving an array) without an errno
+        short = exc.errno is None and re.search(r"\d+ requested and \d+ written", str(exc))
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) or short:
+            full = "no space left on the device (or quota exceeded)"
+            raise _fail(f"{where or 'output: '}{full}") from None
+        if exc.errno == errno.EROFS:
+            advice = "read-only file system: choose an output folder you can write"
+            raise _fail(f"{where}{advice}") from None
         raise
 
 

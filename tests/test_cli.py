@@ -1,7 +1,10 @@
 """The command line, in process: help, version, and one-line errors without tracebacks."""
 
+import errno
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -67,3 +70,35 @@ def test_short_help_and_registry_help_and_boolean_pairs():
     for name in LOSSES.names():  # the help lists what the registry holds
         assert name in text
     assert CliRunner().invoke(app, ["train", "--resume", "--no-resume", "-h"]).exit_code == 0
+
+
+def _dev_full_tofile() -> None:
+    np.zeros(100_000).tofile("/dev/full")  # numpy's short write: no errno, only a message
+
+
+def _dev_full_write() -> None:
+    with open("/dev/full", "wb") as f:
+        np.save(f, np.zeros(100_000))  # ENOSPC
+
+
+def _read_only() -> None:
+    raise OSError(errno.EROFS, "Read-only file system", "data/slices")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        (_dev_full_tofile, "output: no space left on the device"),
+        (_dev_full_write, "no space left on the device"),
+        (_read_only, "data/slices: read-only file system"),
+    ],
+)
+def test_full_disk_and_read_only_output_are_one_clear_line(monkeypatch, tmp_path, fault, says):
+    import augment.phantoms.stage as stage
+
+    monkeypatch.setattr(stage, "make_phantoms", lambda *a, **k: fault())
+    result = runner.invoke(app, ["phantoms", "--out", str(tmp_path / "o"), "--params", os.devnull])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()  # one line, no traceback
+    assert line.startswith("error: ") and says in line
