@@ -31,6 +31,7 @@ from augment.training.losses import LOSSES
 
 InputFormat = Literal["dicom", "nifti"]
 DiffAugPolicy = Literal["translation", "cutout", "color"]
+WindowName = Literal["auto", "abdomen", "lung", "brain", "bone", "percentile"]
 # The arms of the gain experiment: the training sets every downstream model is compared on.
 Arm = Literal["real", "real_classic", "real_synthetic", "real_classic_synthetic"]
 ARMS: tuple[Arm, ...] = get_args(Arm)
@@ -109,10 +110,18 @@ class PreprocessConfig(_Section):
     )
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
     size: Literal[32, 64, 128, 256] = 64
-    window: Literal["abdomen", "lung", "brain", "bone", "percentile"] | WindowConfig = "abdomen"
+    window: WindowName | WindowConfig = Field(
+        "auto",
+        description="intensity window; auto: the abdomen preset for CT (HU), percentiles for "
+        "MR and other modalities",
+    )
     percentiles: tuple[float, float] = (0.5, 99.5)
     spacing: float | None = Field(None, gt=0, description="in-plane resampling (mm)")
-    body_threshold: float = Field(-500.0, description="voxels above this count as body")
+    body_threshold: float | Literal["auto"] = Field(
+        "auto",
+        description="voxels above this count as body; auto: -500 HU for CT, Otsu's threshold of "
+        "each volume for MR and other modalities",
+    )
     min_body_fraction: float = Field(0.05, ge=0, le=1)
     labels_from: Literal["mask", "csv"] = "mask"
     min_lesion_pixels: int = Field(10, ge=1)

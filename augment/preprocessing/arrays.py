@@ -21,12 +21,51 @@ from augment.errors import InputError
 # ---------------------------------------------------------------- array functions (no I/O)
 
 
+CT_AUTO_WINDOW = "abdomen"
+CT_BODY_HU = -500.0  # air is -1000 HU, fat about -100: above this is body
+AIR_HU = -500.0  # a volume whose 1st percentile lies below this is in Hounsfield units
+
+
+def modality_kind(volume: Volume) -> str:
+    """``"CT"`` (Hounsfield units) or ``"MR"`` (arbitrary units; MR and any other modality).
+
+    DICOM says (``Modality``) and a NIfTI data set's ``dataset.json`` may; where nothing does
+    (``"OT"``), a volume with air at about -1000 (its 1st percentile below -500) is CT.
+    """
+    modality = volume.modality.upper()
+    if modality == "CT":
+        return "CT"
+    if modality not in ("", "OT"):
+        return "MR"
+    return "CT" if float(np.percentile(volume.image, 1)) < AIR_HU else "MR"
+
+
+def resolved(cfg: PreprocessConfig, kind: str) -> PreprocessConfig:
+    """``cfg`` with ``window`` and ``body_threshold`` chosen for the modality where "auto"."""
+    update: dict[str, object] = {}
+    if cfg.window == "auto":
+        update["window"] = CT_AUTO_WINDOW if kind == "CT" else PERCENTILE
+    if cfg.body_threshold == "auto" and kind == "CT":
+        update["body_threshold"] = CT_BODY_HU
+    return cfg.model_copy(update=update) if update else cfg
+
+
+def body_threshold(image: np.ndarray, cfg: PreprocessConfig) -> float:
+    """The body threshold of one volume: ``cfg.body_threshold``, or (auto, not CT) Otsu's
+    threshold of its intensities, which separates the dark background from tissue in MR."""
+    if cfg.body_threshold != "auto":
+        return float(cfg.body_threshold)
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(image[::2, ::2, ::2]))  # every 8th voxel: the same threshold
+
+
 def window_range(image: np.ndarray, cfg: PreprocessConfig) -> Window:
     """The intensity window mapped to [-1, 1]: a CT preset, an explicit window or percentiles.
 
     Args:
         image: the volume in physical units (percentiles are taken over all of it).
-        cfg: ``cfg.window`` and ``cfg.percentiles``.
+        cfg: ``cfg.window`` (resolved, never "auto": :func:`resolved`) and ``cfg.percentiles``.
 
     Returns:
         The window (``high > low``). A CT preset is in HU, as is an explicit window that
@@ -175,6 +214,7 @@ class Slices:
         lesion_pixels: (n,) foreground mask pixels at the output size (0 without a mask).
         spacing: output pixel size (y, x) in mm.
         window: the intensity window that was mapped to [-1, 1].
+        modality: "CT" or "MR" (:func:`modality_kind`), which chose the automatic settings.
     """
 
     images: np.ndarray
@@ -183,6 +223,7 @@ class Slices:
     lesion_pixels: np.ndarray
     spacing: tuple[float, float]
     window: Window
+    modality: str = "CT"
 
 
 def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
@@ -194,12 +235,15 @@ def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
     bad = int(np.size(volume.image) - np.count_nonzero(np.isfinite(volume.image)))
     if bad:
         raise InputError(f"{volume.source}: expected finite voxels, got {bad} NaN or inf")
+    kind = modality_kind(volume)
+    cfg = resolved(cfg, kind)
     slices, spacing_hw = reslice(volume.image, volume.spacing, cfg.axis)
-    keep = np.flatnonzero(body_fraction(slices, cfg.body_threshold) >= cfg.min_body_fraction)
+    threshold = body_threshold(volume.image, cfg)
+    keep = np.flatnonzero(body_fraction(slices, threshold) >= cfg.min_body_fraction)
     if keep.size == 0:
         raise InputError(
             f"{volume.source}: expected slices with at least {cfg.min_body_fraction:.0%} body "
-            f"(voxels above {cfg.body_threshold:g}), got none"
+            f"(voxels above {threshold:g}), got none"
         )
     window = window_range(volume.image, cfg)
     shape, spacing = output_geometry(slices.shape[1:], spacing_hw, cfg.size, cfg.spacing)
@@ -211,4 +255,4 @@ def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
         masks = fit_square(resize_slices(mask_slices[keep], shape, is_mask=True), cfg.size, 0)
         positive = masks if cfg.lesion_labels is None else np.isin(masks, cfg.lesion_labels)
         lesion = np.count_nonzero(positive, axis=(1, 2))
-    return Slices(images, masks, keep, lesion, spacing, window)
+    return Slices(images, masks, keep, lesion, spacing, window, kind)

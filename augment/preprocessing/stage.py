@@ -36,7 +36,7 @@ from augment.contracts.window import PERCENTILE, Window
 from augment.errors import ConfigError, InputError
 from augment.io.atomic import remove_leftovers
 from augment.io.jsonfile import write_json
-from augment.preprocessing.arrays import Slices, split_patients
+from augment.preprocessing.arrays import Slices, resolved, split_patients
 from augment.preprocessing.privacy import (
     TOKEN,
     check_public_key_use,
@@ -118,12 +118,12 @@ def preprocess(
             tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-spool-", dir=out.parent)
         )
         try:
-            spooled, window = _spool_all(run, cfg, spool, pool)
+            spooled, imaging = _spool_all(run, cfg, spool, pool)
             if not spooled:
                 raise _nothing_readable(inputs, run, out)
             if classes is not None:
                 _check_csv_patients(classes, spooled, run, cfg)
-            meta = _write_store(cfg, out, run, spooled, classes, window)
+            meta = _write_store(cfg, out, run, spooled, classes, imaging)
             skipped_record(out).unlink(missing_ok=True)  # an earlier failed run's record
         finally:
             shutil.rmtree(spool, ignore_errors=True)
@@ -303,9 +303,17 @@ def _check_csv_patients(
 def _spool_all(
     run: _Run, cfg: PreprocessConfig, spool: Path, pool: ProcessPoolExecutor | None
 ) -> tuple[list[_Spooled], dict[str, Any]]:
-    """Process every job, keeping each volume's slices in ``spool`` until the split is known."""
+    """Process every job, keeping each volume's slices in ``spool`` until the split is known.
+
+    Returns:
+        The spooled volumes, and the window, modality and choice text for ``meta.json``.
+
+    Raises:
+        InputError: CT and other modalities mixed (their units differ).
+    """
     spooled: list[_Spooled] = []
     windows: set[Window] = set()
+    kinds: Counter[str] = Counter()
     columns = (TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task("volumes", total=len(run.jobs))
@@ -318,7 +326,28 @@ def _spool_all(
                 continue
             spooled.append(_spool(outcome.slices, job, spool / str(outcome.job_index)))
             windows.add(outcome.slices.window)
-    return spooled, _window_meta(cfg, windows) if spooled else {}
+            kinds[outcome.slices.modality] += 1
+    if len(kinds) > 1:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        raise InputError(
+            f"inputs: expected one kind of image per store, got {counts} volumes (CT in "
+            "Hounsfield units, MR or other modalities in arbitrary units); preprocess each into "
+            "its own store"
+        )
+    if not spooled:
+        return spooled, {}
+    kind = next(iter(kinds))
+    chosen = resolved(cfg, kind)
+    window = chosen.window if isinstance(chosen.window, str) else "explicit"
+    body = chosen.body_threshold
+    choice = (
+        f"{kind}: window {window}"
+        + (" (auto)" if cfg.window == "auto" else "")
+        + ", body above "
+        + ("Otsu's threshold per volume (auto)" if body == "auto" else f"{body:g}")
+        + (" (auto)" if cfg.body_threshold == "auto" and body != "auto" else "")
+    )
+    return spooled, {"window": _window_meta(chosen, windows), "modality": kind, "choice": choice}
 
 
 def _spool(slices: Slices, job: Job, path: Path) -> _Spooled:
@@ -333,6 +362,7 @@ def _spool(slices: Slices, job: Job, path: Path) -> _Spooled:
 
 
 def _window_meta(cfg: PreprocessConfig, windows: set[Window]) -> dict[str, Any]:
+    """The store's window (``cfg`` resolved for its modality)."""
     if cfg.window == PERCENTILE:
         return Window(PERCENTILE, percentiles=cfg.percentiles).to_dict()
     return sorted(windows, key=lambda w: (w.low, w.high))[0].to_dict()
@@ -352,7 +382,7 @@ def _write_store(
     run: _Run,
     spooled: list[_Spooled],
     classes: dict[str, int] | None,
-    window: dict[str, Any],
+    imaging: dict[str, Any],
 ) -> dict[str, Any]:
     patient_class: dict[str, int] = {}
     for entry in spooled:
@@ -369,7 +399,7 @@ def _write_store(
             triples = zip(entry.z, labels, entry.lesion_pixels, strict=True)
             rows = [_row(entry, int(z), int(c), split, with_masks, int(n)) for z, c, n in triples]
             writer.add(images, masks, rows)
-        writer.meta.update(_meta(cfg, run, spooled, window, with_masks, patient_class))
+        writer.meta.update(_meta(cfg, run, spooled, imaging, with_masks, patient_class))
     return dict(writer.meta)
 
 
@@ -389,16 +419,19 @@ def _meta(
     cfg: PreprocessConfig,
     run: _Run,
     spooled: list[_Spooled],
-    window: dict[str, Any],
+    imaging: dict[str, Any],
     with_masks: bool,
     patient_class: dict[str, int],
 ) -> dict[str, Any]:
+    """``meta.json``: ``imaging`` holds the window, the modality and how they were chosen."""
     spacings = sorted({e.spacing for e in spooled})
     label_ids = run.label_names or {"background": 0, "lesion": 1}
     return {
         "size": cfg.size,
         "axis": cfg.axis,
-        "window": window,
+        "window": imaging["window"],
+        "modality": imaging["modality"],
+        "window_choice": imaging["choice"],
         "class_names": list(cfg.class_names),
         "labels_from": cfg.labels_from,
         "label_ids": label_ids if with_masks else {},
@@ -420,6 +453,7 @@ def summary_table(meta: dict[str, Any]) -> Table:
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("volumes read", str(meta["volumes_read"]))
+    table.add_row(f"  {meta['window_choice']}", "")
     table.add_row("input files skipped", str(meta["files_skipped"]))
     for reason, n in Counter(s["reason"] for s in meta["skipped"]).most_common():
         table.add_row(f"  {reason}", str(n))

@@ -266,6 +266,54 @@ def test_nothing_readable_still_records_every_skipped_file(demo, tmp_path):
     assert not record.exists() and (out / "meta.json").is_file()
 
 
+def _mr_set(root: Path, channel_name: str | None = "T2", n: int = 4) -> Path:
+    """MR-like volumes (arbitrary units, background about 0) with 3 empty slices at each end."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        image, mask = phantom((12, 24, 20), seed=i, lesion=i % 2 == 0)
+        mr = np.where(image > -500, 600 - 0.5 * image, 0.0) + np.abs(rng.normal(0, 5, image.shape))
+        mr[:3] = mr[-3:] = np.abs(rng.normal(0, 5, (3, 24, 20)))  # beyond the head: noise only
+        mask[:3] = mask[-3:] = 0
+        write_decathlon(root, {f"MR-{i}": (mr.astype(np.float32), mask)}, SPACING)
+    if channel_name:
+        (root / "dataset.json").write_text(json.dumps(
+            {"labels": {"background": 0, "lesion": 1}, "channel_names": {"0": channel_name}}
+        ))  # fmt: skip
+    return root
+
+
+def test_mr_gets_percentiles_and_its_own_body_filter(tmp_path):
+    meta = preprocess(_cfg(min_body_fraction=0.05), [_mr_set(tmp_path / "mr")], tmp_path / "o")
+    assert meta["modality"] == "MR" and meta["window"]["kind"] == "percentile"
+    assert "MR: window percentile (auto)" in meta["window_choice"]
+    assert "Otsu" in meta["window_choice"]
+    images = SliceStore.open(tmp_path / "o").images
+    assert len(images) == 4 * 6  # the empty slices beyond the head are dropped
+    white = (images >= 0.999).mean()
+    assert white < 0.05  # no flat white heads (the dark background is -1)
+    # The CT settings, asked for by name, clip MR and keep the empty slices as "normal".
+    cfg = _cfg(min_body_fraction=0.05, window="abdomen", body_threshold=-500.0)
+    meta = preprocess(cfg, [tmp_path / "mr"], tmp_path / "ct")
+    images = SliceStore.open(tmp_path / "ct").images
+    assert len(images) == 4 * 12  # 6 empty slices per volume kept, each a "normal" slice
+    assert (images >= 0.999).mean() > max(0.15, 4 * white)  # every tissue pixel clipped white
+    assert meta["window_choice"].startswith("MR: window abdomen, body above -500")
+
+
+def test_modality_from_the_intensities_when_nothing_says(demo, tmp_path):
+    meta = preprocess(_cfg(), [_mr_set(tmp_path / "mr", channel_name=None)], tmp_path / "a")
+    assert meta["modality"] == "MR"
+    meta = preprocess(_cfg(), [demo / "nifti"], tmp_path / "b")  # air at -1000: CT
+    assert meta["modality"] == "CT" and meta["window"]["kind"] == "abdomen"
+    assert meta["window_choice"] == "CT: window abdomen (auto), body above -500 (auto)"
+
+
+def test_a_store_mixing_ct_and_mr_is_refused(demo, tmp_path):
+    with pytest.raises(InputError, match=r"one kind of image per store, got 6 CT, 4 MR volumes"):
+        preprocess(_cfg(), [demo / "nifti", _mr_set(tmp_path / "mr")], tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_nifti_inputs_are_skipped_with_reasons(tmp_path):
     expected = make_nifti_corpus(tmp_path / "in")
     meta = preprocess(_cfg(), [tmp_path / "in"], tmp_path / "out")

@@ -47,12 +47,14 @@ class NiftiCase:
         case: the case name (file name without extension and nnU-Net channel suffix); it is
             the raw patient id, so it must never be written out as it is.
         root: the input root the files were found under.
+        modality: from ``dataset.json`` (:func:`read_modality`).
     """
 
     image: Path
     mask: Path | None
     case: str
     root: Path
+    modality: str = "OT"  # "CT" or "MR" when the data set's dataset.json says; "OT": unknown
 
 
 def is_nifti(path: Path) -> bool:
@@ -146,22 +148,45 @@ def _mask_for(image: Path, case: str, pattern: str | None) -> Path | None:
     return None
 
 
+def _dataset_json(root: Path) -> dict | None:
+    """The ``dataset.json`` at or above ``root`` (Decathlon or nnU-Net v2), or None."""
+    root = Path(root)
+    for folder in (root, root.parent) if root.is_dir() else (root.parent, root.parent.parent):
+        path = folder / "dataset.json"
+        if path.is_file():
+            try:
+                value = json.loads(path.read_text())
+            except (ValueError, OSError):
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def read_modality(root: Path, channel: int | None) -> str:
+    """The channel's modality from ``dataset.json`` (Decathlon ``modality``, nnU-Net v2
+    ``channel_names``): ``"CT"``, ``"MR"`` for any other name (T1, FLAIR, ... are in arbitrary
+    units, like MR), or ``"OT"`` when it does not say."""
+    meta = _dataset_json(root) or {}
+    names = meta.get("channel_names") or meta.get("modality") or {}
+    name = names.get(str(channel or 0)) if isinstance(names, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        return "OT"
+    return "CT" if name.strip().upper() == "CT" else "MR"
+
+
 def read_label_names(root: Path) -> dict[str, int] | None:
     """Mask label names to ids from a ``dataset.json`` at or above ``root`` (Decathlon or v2).
 
     Returns:
         ``{"background": 0, "lesion": 1, ...}``, or None when there is no readable file.
     """
-    root = Path(root)
-    for folder in (root, root.parent) if root.is_dir() else (root.parent, root.parent.parent):
-        path = folder / "dataset.json"
-        if path.is_file():
-            try:
-                labels = json.loads(path.read_text()).get("labels") or {}
-                return _label_ids(labels)
-            except (ValueError, TypeError, AttributeError):
-                return None
-    return None
+    meta = _dataset_json(root)
+    if meta is None:
+        return None
+    try:
+        return _label_ids(meta.get("labels") or {})
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def _label_ids(labels: dict) -> dict[str, int]:
@@ -203,6 +228,7 @@ def read_nifti(
     channel: int | None = None,
     name: str | None = None,
     max_voxels: int = 2**28,
+    modality: str = "OT",
 ) -> Volume:
     """Read a NIfTI image (and its mask) fully into a canonical Volume.
 
@@ -238,7 +264,7 @@ def read_nifti(
         spacing=spacing,
         patient=patient,
         source=source,
-        modality="OT",  # NIfTI has no modality field
+        modality=modality,  # NIfTI headers have none; a data set's dataset.json may
         mask=vol_mask,
     )
 
@@ -338,7 +364,10 @@ class NiftiReader:
     def discover(
         self, root: Path, cfg: PreprocessConfig, name_of: Namer, map_fn: MapFn
     ) -> Discovery:
-        cases = find_cases(root, cfg.channel, cfg.mask_pattern)
+        modality = read_modality(root, cfg.channel)
+        cases = [
+            replace(c, modality=modality) for c in find_cases(root, cfg.channel, cfg.mask_pattern)
+        ]
         found = [
             Found(c, c.case, c.image, c.mask is not None, (c.image, *([c.mask] if c.mask else [])))
             for c in cases
@@ -352,5 +381,5 @@ class NiftiReader:
             raise TypeError(f"expected a NiftiCase, got {type(item).__name__}")
         return read_nifti(
             item.image, patient, source, item.mask, cfg.channel, name_of(item.image),
-            cfg.max_voxels,
+            cfg.max_voxels, item.modality,
         )  # fmt: skip
