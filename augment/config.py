@@ -129,7 +129,12 @@ class PreprocessConfig(_Section):
         None, description="mask label ids that make a slice positive (None: any non-zero)"
     )
     class_names: list[str] = Field(default_factory=lambda: ["normal", "lesion"], min_length=1)
-    channel: int | None = Field(None, ge=0, description="channel of 4D/multichannel input")
+    channels: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        min_length=1,
+        description="image channels to keep, by number (nnU-Net _0000, _0001...; 4D NIfTI); "
+        "null: all of them",
+    )
     mask_pattern: str | None = Field(
         None, description="mask file beside its image, e.g. '{case}_seg.nii.gz' (NIfTI)"
     )

@@ -2,7 +2,8 @@
 
 Layout of a store directory (see docs/architecture.md):
 
-- ``images.npy``: (N, 1, S, S) float16 in [-1, 1], memory-mapped on read;
+- ``images.npy``: (N, C, S, S) float16 in [-1, 1], memory-mapped on read; C channels (MR
+  sequences, named in ``meta.json`` ``channels``; one for CT);
 - ``masks.npy``: (N, 1, S, S) uint8 label ids, only when the input had masks;
 - ``slices.csv``: row i describes images[i]: patient, source, z, label, split (+ extra columns);
 - ``meta.json``: slice size, window, class names, counts, parameters, skipped inputs.
@@ -38,7 +39,7 @@ class SliceStore:
 
     Attributes:
         root: the store directory.
-        images: (N, 1, S, S) float16, memory-mapped.
+        images: (N, C, S, S) float16, memory-mapped (C channels, ``meta["channels"]``).
         masks: (N, 1, S, S) uint8 or None.
         rows: one dict per slice (values as strings, ``z`` and ``label`` as int).
         meta: the parsed ``meta.json``.
@@ -70,18 +71,25 @@ class SliceStore:
             where = root / "slices.csv"
             raise StoreError(f"{where}: expected integer z and label columns") from exc
         meta = load_json(root / "meta.json", StoreError)
-        if images.ndim != 4 or images.shape[1] != 1 or len(rows) != images.shape[0]:
+        if images.ndim != 4 or images.shape[1] < 1 or len(rows) != images.shape[0]:
             raise StoreError(
-                f"{root}: expected images (N, 1, S, S) with N = {len(rows)} rows, "
+                f"{root}: expected images (N, C, S, S) with N = {len(rows)} rows, "
                 f"got {images.shape}"
             )
-        if masks is not None and masks.shape != images.shape:
-            raise StoreError(f"{root}: masks {masks.shape} differ from images {images.shape}")
+        n, _, s, _ = images.shape
+        if masks is not None and masks.shape != (n, 1, s, s):
+            raise StoreError(f"{root}: masks {masks.shape} do not fit images {images.shape}")
         return cls(root, images, masks, rows, meta)
 
     @property
     def size(self) -> int:
         return int(self.images.shape[-1])
+
+    @property
+    def channels(self) -> list[str]:
+        """A name per image channel (stores from before channels were named: one, "image")."""
+        names = self.meta.get("channels")
+        return [str(c) for c in names] if isinstance(names, list) else ["image"]
 
     @property
     def class_names(self) -> list[str]:
@@ -130,13 +138,14 @@ class SliceStoreWriter:
     Use as a context manager::
 
         with SliceStoreWriter(out, size=64, with_masks=True) as w:
-            w.add(images, masks, rows)   # images (n, S, S) float in [-1, 1]
+            w.add(images, masks, rows)   # images (n, C, S, S) float in [-1, 1]
             w.meta.update(...)
     """
 
     target: Path
     size: int
     with_masks: bool
+    channels: int = 1
     meta: dict[str, Any] = field(default_factory=dict)
     _n: int = 0
     _rows: list[dict[str, Any]] = field(default_factory=list)
@@ -149,11 +158,14 @@ class SliceStoreWriter:
         return self
 
     def add(self, images: np.ndarray, masks: np.ndarray | None, rows: list[dict[str, Any]]) -> None:
-        """Append slices: ``images`` (n, S, S) in [-1, 1], ``masks`` (n, S, S) uint8, n rows."""
+        """Append slices: ``images`` (n, C, S, S) in [-1, 1] ((n, S, S) when C is 1),
+        ``masks`` (n, S, S) uint8, n rows."""
         images = np.asarray(images)
-        n, s = images.shape[0], self.size
-        if images.shape != (n, s, s) or len(rows) != n:
-            raise ValueError(f"expected ({len(rows)}, {s}, {s}) images, got {images.shape}")
+        n, s, c = images.shape[0], self.size, self.channels
+        if images.ndim == 3 and c == 1:
+            images = images[:, None]
+        if images.shape != (n, c, s, s) or len(rows) != n:
+            raise ValueError(f"expected ({len(rows)}, {c}, {s}, {s}) images, got {images.shape}")
         if not np.isfinite(images).all() or images.min() < -1 or images.max() > 1:
             raise ValueError("slice intensities must be finite and within [-1, 1]")
         missing = [c for c in REQUIRED_COLUMNS if any(c not in r for r in rows)]
@@ -163,8 +175,8 @@ class SliceStoreWriter:
             raise ValueError(f"split must be one of {SPLITS}")
         self._img_raw.write(images.astype(np.float16).tobytes())
         if self._msk_raw is not None:
-            if masks is None or masks.shape != images.shape:
-                raise ValueError(f"expected masks of shape {images.shape}")
+            if masks is None or masks.shape != (n, s, s):
+                raise ValueError(f"expected masks of shape {(n, s, s)}")
             self._msk_raw.write(np.asarray(masks, dtype=np.uint8).tobytes())
         self._rows.extend(rows)
         self._n += n
@@ -184,10 +196,11 @@ class SliceStoreWriter:
     def _finish(self) -> None:
         if self._n == 0:
             raise ValueError("no slices were written")
-        shape = (self._n, 1, self.size, self.size)
+        shape = (self._n, self.channels, self.size, self.size)
         _raw_to_npy(self._dir / "images.raw", self._dir / "images.npy", np.float16, shape)
         if self.with_masks:
-            _raw_to_npy(self._dir / "masks.raw", self._dir / "masks.npy", np.uint8, shape)
+            mask_shape = (self._n, 1, self.size, self.size)
+            _raw_to_npy(self._dir / "masks.raw", self._dir / "masks.npy", np.uint8, mask_shape)
         columns = list(REQUIRED_COLUMNS) + sorted(
             {k for r in self._rows for k in r} - set(REQUIRED_COLUMNS)
         )

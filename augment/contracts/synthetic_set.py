@@ -20,7 +20,7 @@ class SyntheticSet:
     """A synthetic set read back.
 
     Attributes:
-        images: (N, 1, S, S) float32 in [-1, 1] (the model's output range).
+        images: (N, C, S, S) float32 in [-1, 1] (the model's output range).
         classes: (N,) int64 class ids (-1 when the model is unconditional).
         masks: (N, S, S) uint8 label ids, or None.
         rows: manifest rows (case, file, label_file, class, seed, noise_index, model_sha256...).

@@ -31,7 +31,7 @@ class MemorisationError(AugmentError):
 
 
 def _standardise(images: np.ndarray) -> Tensor:
-    x = torch.from_numpy(np.asarray(images, np.float32))  # (N, 1, S, S)
+    x = torch.from_numpy(np.asarray(images, np.float32))  # (N, C, S, S)
     if x.shape[-1] >= 32:
         # 2 x 2 averaging first: pixel noise, which a generator need not copy, would otherwise
         # lower the correlation of real pairs more than that of smooth synthetic slices.
@@ -47,7 +47,7 @@ def nearest_by_correlation(
     """For each query slice, the reference slice of highest normalised pixel correlation.
 
     Args:
-        queries: (N, 1, S, S) images.
+        queries: (N, C, S, S) images.
         reference: (M, 1, S, S) images.
         chunk: slices per matrix product (bounds memory).
 
@@ -144,7 +144,7 @@ def memorisation(
     the splits, reported by :attr:`Memorisation.leakage_rate`.
 
     Args:
-        synthetic: (images (N, 1, S, S), features (N, D)) of the synthetic slices.
+        synthetic: (images (N, C, S, S), features (N, D)) of the synthetic slices.
         train: the same for the real training slices (the GAN's training set).
         heldout: the same for real val + test slices.
         quantile: share of held-out real slices that a copy must come closer than.

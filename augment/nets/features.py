@@ -56,8 +56,10 @@ class RandomFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
-        """(B, 1, S, S) float in [-1, 1] -> (B, 480) float32."""
-        x = x.float()
+        """(B, C, S, S) float in [-1, 1] -> (B, 480 C) float32: each channel through the same
+        network, their features side by side (one channel: exactly the 480)."""
+        b, c = x.shape[:2]
+        x = x.float().reshape(b * c, 1, *x.shape[2:])
         if x.shape[-1] != 64 or x.shape[-2] != 64:
             x = F.interpolate(
                 x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True
@@ -66,13 +68,13 @@ class RandomFeatures(nn.Module):
         for conv in self.convs:
             x = F.relu(conv(x))  # (B, C, S/2^k, S/2^k)
             feats += [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
-        return torch.cat(feats, dim=1)  # (B, 480)
+        return torch.cat(feats, dim=1).reshape(b, -1)  # (B, 480 C)
 
 
 def extract_features(
     net: Callable[[Tensor], Tensor], images: np.ndarray, batch_size: int = 256
 ) -> np.ndarray:
-    """Features of (N, 1, S, S) images in [-1, 1], in batches: (N, D) float32."""
+    """Features of (N, C, S, S) images in [-1, 1], in batches: (N, D) float32."""
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):

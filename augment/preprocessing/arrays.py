@@ -26,18 +26,25 @@ CT_BODY_HU = -500.0  # air is -1000 HU, fat about -100: above this is body
 AIR_HU = -500.0  # a volume whose 1st percentile lies below this is in Hounsfield units
 
 
-def modality_kind(volume: Volume) -> str:
-    """``"CT"`` (Hounsfield units) or ``"MR"`` (arbitrary units; MR and any other modality).
+def channel_kinds(volume: Volume) -> tuple[str, ...]:
+    """Per channel, ``"CT"`` (Hounsfield units) or ``"MR"`` (arbitrary units; MR sequences and
+    any other modality).
 
-    DICOM says (``Modality``) and a NIfTI data set's ``dataset.json`` may; where nothing does
-    (``"OT"``), a volume with air at about -1000 (its 1st percentile below -500) is CT.
+    DICOM says (``Modality``) and a NIfTI data set's ``dataset.json`` may (channel names such
+    as CT, T1, FLAIR); where nothing does, a channel with air at about -1000 (its 1st
+    percentile below -500) is CT.
     """
-    modality = volume.modality.upper()
-    if modality == "CT":
-        return "CT"
-    if modality not in ("", "OT"):
-        return "MR"
-    return "CT" if float(np.percentile(volume.image, 1)) < AIR_HU else "MR"
+    kinds = []
+    for c, name in enumerate(volume.channels):
+        name = name.strip().upper()
+        name = volume.modality.upper() if name.isdigit() else name
+        if name == "CT":
+            kinds.append("CT")
+        elif name not in ("", "OT"):
+            kinds.append("MR")
+        else:
+            kinds.append("CT" if float(np.percentile(volume.image[c], 1)) < AIR_HU else "MR")
+    return tuple(kinds)
 
 
 def resolved(cfg: PreprocessConfig, kind: str) -> PreprocessConfig:
@@ -208,13 +215,14 @@ class Slices:
     """One volume's output slices (before the split is known).
 
     Attributes:
-        images: (n, S, S) float32 in [-1, 1].
+        images: (n, C, S, S) float32 in [-1, 1].
         masks: (n, S, S) uint8 label ids, or None.
         z: (n,) index of each slice along the slicing axis of the canonical volume.
         lesion_pixels: (n,) foreground mask pixels at the output size (0 without a mask).
         spacing: output pixel size (y, x) in mm.
-        window: the intensity window that was mapped to [-1, 1].
-        modality: "CT" or "MR" (:func:`modality_kind`), which chose the automatic settings.
+        windows: per channel, the intensity window that was mapped to [-1, 1].
+        kinds: per channel, "CT" or "MR" (:func:`channel_kinds`): what chose "auto" settings.
+        channels: the channel names.
     """
 
     images: np.ndarray
@@ -222,8 +230,9 @@ class Slices:
     z: np.ndarray
     lesion_pixels: np.ndarray
     spacing: tuple[float, float]
-    window: Window
-    modality: str = "CT"
+    windows: tuple[Window, ...]
+    kinds: tuple[str, ...] = ("CT",)
+    channels: tuple[str, ...] = ("CT",)
 
 
 def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
@@ -235,24 +244,29 @@ def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
     bad = int(np.size(volume.image) - np.count_nonzero(np.isfinite(volume.image)))
     if bad:
         raise InputError(f"{volume.source}: expected finite voxels, got {bad} NaN or inf")
-    kind = modality_kind(volume)
-    cfg = resolved(cfg, kind)
-    slices, spacing_hw = reslice(volume.image, volume.spacing, cfg.axis)
-    threshold = body_threshold(volume.image, cfg)
+    kinds = channel_kinds(volume)
+    chosen = [resolved(cfg, kind) for kind in kinds]
+    # The body filter reads the first channel (CT, or the first MR sequence) for every channel.
+    slices, spacing_hw = reslice(volume.image[0], volume.spacing, cfg.axis)
+    threshold = body_threshold(volume.image[0], chosen[0])
     keep = np.flatnonzero(body_fraction(slices, threshold) >= cfg.min_body_fraction)
     if keep.size == 0:
         raise InputError(
             f"{volume.source}: expected slices with at least {cfg.min_body_fraction:.0%} body "
             f"(voxels above {threshold:g}), got none"
         )
-    window = window_range(volume.image, cfg)
+    windows = tuple(window_range(volume.image[c], chosen[c]) for c in range(len(kinds)))
     shape, spacing = output_geometry(slices.shape[1:], spacing_hw, cfg.size, cfg.spacing)
-    images = resize_slices(window.to_unit_range(slices[keep]), shape, is_mask=False)
-    images = np.clip(fit_square(images, cfg.size, -1.0), -1.0, 1.0)  # (n, S, S)
+    channels = []
+    for c, window in enumerate(windows):
+        planes = slices if c == 0 else reslice(volume.image[c], volume.spacing, cfg.axis)[0]
+        unit = resize_slices(window.to_unit_range(planes[keep]), shape, is_mask=False)
+        channels.append(np.clip(fit_square(unit, cfg.size, -1.0), -1.0, 1.0))  # (n, S, S)
+    images = np.stack(channels, axis=1)  # (n, C, S, S)
     masks, lesion = None, np.zeros(keep.size, dtype=np.int64)
     if volume.mask is not None:
         mask_slices, _ = reslice(volume.mask, volume.spacing, cfg.axis)
         masks = fit_square(resize_slices(mask_slices[keep], shape, is_mask=True), cfg.size, 0)
         positive = masks if cfg.lesion_labels is None else np.isin(masks, cfg.lesion_labels)
         lesion = np.count_nonzero(positive, axis=(1, 2))
-    return Slices(images, masks, keep, lesion, spacing, window, kind)
+    return Slices(images, masks, keep, lesion, spacing, windows, kinds, volume.channels)

@@ -312,8 +312,9 @@ def _spool_all(
         InputError: CT and other modalities mixed (their units differ).
     """
     spooled: list[_Spooled] = []
-    windows: set[Window] = set()
-    kinds: Counter[str] = Counter()
+    windows: list[set[Window]] = []  # per channel
+    kinds: Counter[tuple[str, ...]] = Counter()
+    channels: tuple[str, ...] | None = None
     columns = (TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task("volumes", total=len(run.jobs))
@@ -321,33 +322,49 @@ def _spool_all(
             job = run.jobs[outcome.job_index]
             reemit(job.name, outcome.warned)
             progress.advance(task)
-            if outcome.slices is None:
+            slices = outcome.slices
+            if slices is not None and channels and len(slices.channels) != len(channels):
+                outcome.reason = (
+                    f"expected {len(channels)} channel(s) ({', '.join(channels)}) like the "
+                    f"volumes before it, got {len(slices.channels)}"
+                )
+                slices = None
+            if slices is None:
                 _skip(run, cfg, job.name, outcome.reason or "unreadable", job.files)
                 continue
-            spooled.append(_spool(outcome.slices, job, spool / str(outcome.job_index)))
-            windows.add(outcome.slices.window)
-            kinds[outcome.slices.modality] += 1
+            channels = channels or slices.channels  # the first volume names them
+            spooled.append(_spool(slices, job, spool / str(outcome.job_index)))
+            windows = windows or [set() for _ in channels]
+            for seen, window in zip(windows, slices.windows, strict=True):
+                seen.add(window)
+            kinds[slices.kinds] += 1
     if len(kinds) > 1:
-        counts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        counts = ", ".join(f"{n} {'+'.join(k)}" for k, n in sorted(kinds.items()))
         raise InputError(
             f"inputs: expected one kind of image per store, got {counts} volumes (CT in "
             "Hounsfield units, MR or other modalities in arbitrary units); preprocess each into "
             "its own store"
         )
-    if not spooled:
+    if not spooled or channels is None:
         return spooled, {}
-    kind = next(iter(kinds))
-    chosen = resolved(cfg, kind)
-    window = chosen.window if isinstance(chosen.window, str) else "explicit"
-    body = chosen.body_threshold
+    per_channel = next(iter(kinds))
+    chosen = [resolved(cfg, kind) for kind in per_channel]
+    names = [c.window if isinstance(c.window, str) else "explicit" for c in chosen]
+    body = chosen[0].body_threshold
+    modality = "+".join(dict.fromkeys(per_channel))  # "CT", "MR" (or "CT+MR" across channels)
     choice = (
-        f"{kind}: window {window}"
+        f"{modality}: window {'/'.join(dict.fromkeys(names))}"
         + (" (auto)" if cfg.window == "auto" else "")
         + ", body above "
         + ("Otsu's threshold per volume (auto)" if body == "auto" else f"{body:g}")
         + (" (auto)" if cfg.body_threshold == "auto" and body != "auto" else "")
+        + (f" of {channels[0]}" if len(channels) > 1 else "")
     )
-    return spooled, {"window": _window_meta(chosen, windows), "modality": kind, "choice": choice}
+    metas = [_window_meta(c, w) for c, w in zip(chosen, windows, strict=True)]
+    return spooled, {
+        "window": metas[0], "windows": metas, "channels": list(channels),
+        "modality": modality, "choice": choice,
+    }  # fmt: skip
 
 
 def _spool(slices: Slices, job: Job, path: Path) -> _Spooled:
@@ -390,7 +407,8 @@ def _write_store(
         patient_class[entry.patient] = max(patient_class.get(entry.patient, 0), top)
     splits = split_patients(patient_class, cfg.split, cfg.seed)
     with_masks = all(e.has_mask for e in spooled)
-    with SliceStoreWriter(out, size=cfg.size, with_masks=with_masks) as writer:
+    channels = len(imaging["channels"])
+    with SliceStoreWriter(out, cfg.size, with_masks, channels=channels) as writer:
         for entry in spooled:
             images = np.load(entry.path.with_suffix(".images.npy"))
             masks = np.load(entry.path.with_suffix(".masks.npy")) if with_masks else None
@@ -430,6 +448,8 @@ def _meta(
         "size": cfg.size,
         "axis": cfg.axis,
         "window": imaging["window"],
+        "windows": imaging["windows"],
+        "channels": imaging["channels"],
         "modality": imaging["modality"],
         "window_choice": imaging["choice"],
         "class_names": list(cfg.class_names),

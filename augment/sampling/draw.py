@@ -92,7 +92,7 @@ def generate(
         truncation: as in :func:`noise`.
 
     Returns:
-        images (B, S, S) float32 in [-1, 1]; masks (B, S, S) uint8 label ids or None.
+        images (B, C, S, S) float32 in [-1, 1]; masks (B, S, S) uint8 label ids or None.
     """
     device = next(generator.parameters()).device
     z = torch.from_numpy(noise(seed, indices, info.spec.nz, truncation)).to(device)  # (B, nz)
@@ -101,8 +101,8 @@ def generate(
         if info.class_names
         else None
     )
-    images, masks = info.split(generator(z, y))  # (B, 1, S, S), (B, S, S)
-    return images[:, 0], masks
+    images, masks = info.split(generator(z, y))  # (B, C, S, S), (B, S, S)
+    return images, masks
 
 
 def class_of(cum: np.ndarray, indices: np.ndarray) -> np.ndarray:

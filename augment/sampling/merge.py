@@ -57,11 +57,11 @@ class RealSet:
 
 
 def read_real_set(root: Path) -> RealSet:
-    """Open a single-channel ``.nii.gz`` nnU-Net raw data set and check its layout.
+    """Open a ``.nii.gz`` nnU-Net raw data set and check its layout (every channel's file).
 
     Raises:
-        InputError: a missing file, another file ending, more than one channel, an image
-            without its label, or a numTraining that disagrees with the files; named.
+        InputError: a missing file, another file ending, no channel names, an image without
+            its label or another channel's file, or a numTraining that disagrees; named.
     """
     root = Path(root)
     path = root / "dataset.json"
@@ -72,8 +72,8 @@ def read_real_set(root: Path) -> RealSet:
     if ending != NIFTI_ENDING:
         raise InputError(f"{path}: expected file_ending {NIFTI_ENDING!r}, got {ending!r}")
     channels = dataset.get("channel_names", dataset.get("modality"))
-    if not isinstance(channels, dict) or len(channels) != 1:
-        raise InputError(f"{path}: expected one channel in channel_names, got {channels!r}")
+    if not isinstance(channels, dict) or not channels:
+        raise InputError(f"{path}: expected channel names (channel_names), got {channels!r}")
     cases = sorted(
         p.name[: -len("_0000" + NIFTI_ENDING)]
         for p in (root / "imagesTr").glob("*_0000" + NIFTI_ENDING)
@@ -83,6 +83,9 @@ def read_real_set(root: Path) -> RealSet:
     for case in cases:
         if not (root / "labelsTr" / f"{case}{NIFTI_ENDING}").is_file():
             raise InputError(f"{root / 'imagesTr' / case}_0000{NIFTI_ENDING}: no label in labelsTr")
+        for c in range(1, len(channels)):
+            if not (root / "imagesTr" / f"{case}_{c:04d}{NIFTI_ENDING}").is_file():
+                raise InputError(f"{root / 'imagesTr' / case}_{c:04d}{NIFTI_ENDING} is missing")
     if dataset.get("numTraining") != len(cases):
         got = dataset.get("numTraining")
         raise InputError(f"{path}: numTraining is {got!r}, but imagesTr holds {len(cases)} cases")

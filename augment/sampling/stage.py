@@ -77,9 +77,19 @@ def sample(
     real = read_real_set(merge_with_real) if merge_with_real else None
     if real is not None:
         _check_real(real, info)
-    window = Window.from_dict(info.config.get("window"), str(info.path / "config.json"))
+    where = str(info.path / "config.json")
+    window = Window.from_dict(info.config.get("window"), where)
+    found = info.config.get("windows")
+    windows = tuple(Window.from_dict(w, where) for w in found) if found else (window,)
+    names = tuple(str(c) for c in info.config.get("channels") or ())
+    if len(windows) != info.spec.channels or (names and len(names) != info.spec.channels):
+        raise StoreError(
+            f"{where}: expected a window and a name for each of the model's "
+            f"{info.spec.channels} channel(s), got {len(windows)} and {len(names)}"
+        )
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
-        run = SampleRun(cfg, info, window, tmp, max(6, len(str(cfg.n - 1))))
+        run = SampleRun(cfg, info, window, tmp, max(6, len(str(cfg.n - 1))), windows=windows,
+                        channels=names if names and names != ("OT",) else ())  # fmt: skip
         write_samples(run, fmt, generator, counts)
         _write_meta(run, counts, real)
         fmt.finish(run, real)
@@ -99,8 +109,12 @@ def _agreement(class_names: list[str], tally: dict[int, list[int]]) -> dict[str,
 
 
 def _check_model(cfg: SampleConfig, fmt: SampleFormat, info: ModelInfo, merge: Path | None) -> None:
-    if info.spec.channels != 1:
-        raise StoreError(f"{info.path}: expected a 1-channel generator, got {info.spec.channels}")
+    if info.spec.channels > fmt.max_channels:
+        many = [n for n in FORMATS.names() if FORMATS.get(n).max_channels >= info.spec.channels]
+        raise ConfigError(
+            f"sample.format: {cfg.format} holds {fmt.max_channels} image channel per case, but "
+            f"the model in {info.path} makes {info.spec.channels}; use {', '.join(many)}"
+        )
     if fmt.needs_masks and not info.spec.mask_channels:
         others = [n for n in FORMATS.names() if not FORMATS.get(n).needs_masks]
         raise ConfigError(
@@ -115,6 +129,12 @@ def _check_model(cfg: SampleConfig, fmt: SampleFormat, info: ModelInfo, merge: P
 
 
 def _check_real(real: RealSet, info: ModelInfo) -> None:
+    channels = real.dataset.get("channel_names") or real.dataset.get("modality") or {}
+    if len(channels) != info.spec.channels:
+        raise ConfigError(
+            f"{real.root / 'dataset.json'}: expected the model's {info.spec.channels} channel(s), "
+            f"got {len(channels)} ({channels})"
+        )
     labels = real.dataset.get("labels")
     if labels != info.label_names:
         raise ConfigError(
@@ -147,6 +167,8 @@ def _write_meta(run: SampleRun, counts: np.ndarray, real: RealSet | None) -> Non
         "class_names": run.info.class_names,
         "label_names": run.info.label_names,
         "window": run.window.to_dict(),
+        "windows": [w.to_dict() for w in run.windows],
+        "channels": list(run.channels),
         "spacing": list(run.info.spacing),
         "image_size": run.info.spec.image_size,
         "model_sha256": run.info.checksum,

@@ -26,7 +26,7 @@ class TrainData:
     """The training slices, held where the step reads them from.
 
     Attributes:
-        images: (N, 1, S, S) float16 in [-1, 1].
+        images: (N, C, S, S) float16 in [-1, 1].
         masks: (N, S, S) uint8 mask channel index (not label id), or None.
         labels: (N,) long class ids.
         mask_channels: number of one-hot mask channels (0 without masks).
@@ -51,7 +51,7 @@ class TrainData:
     def batch(self, idx: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
         """Gather a batch: (B, 1 + mask_channels, S, S) float32 in [-1, 1] and (B,) labels."""
         idx = idx.to(self.images.device)
-        x = self.images[idx].to(device, non_blocking=True).float()  # (B, 1, S, S)
+        x = self.images[idx].to(device, non_blocking=True).float()  # (B, C, S, S)
         if self.masks is not None:
             m = self.masks[idx].to(device, non_blocking=True).long()  # (B, S, S)
             onehot = F.one_hot(m, self.mask_channels).permute(0, 3, 1, 2).float()  # (B, K, S, S)
@@ -79,7 +79,7 @@ def load_train_data(store: SliceStore, cfg: TrainConfig) -> tuple[TrainData, Dat
     """
     patients = train_patients(store, cfg.fraction, cfg.seed)
     idx = store.indices("train", set(patients))
-    images = np.ascontiguousarray(store.images[idx])  # (N, 1, S, S) float16
+    images = np.ascontiguousarray(store.images[idx])  # (N, C, S, S) float16
     if not np.isfinite(images).all():
         raise StoreError(f"{store.root}/images.npy: train slices hold non-finite pixels")
     labels = store.labels(idx)

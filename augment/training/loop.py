@@ -187,6 +187,8 @@ class TrainingRun:
             "mask_label_ids": self.info.mask_label_ids,
             "spacing": slice_spacing(self.store),
             "window": self.store.meta.get("window"),
+            "windows": self.store.meta.get("windows") or [self.store.meta.get("window")],
+            "channels": self.store.channels,
             "slice_store": {"fingerprint": self.info.fingerprint,
                             "n_slices": len(self.data), "size": self.spec.image_size},
             "train_patients": self.info.patients,

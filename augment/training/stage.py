@@ -73,7 +73,8 @@ def _spec(cfg: TrainConfig, store: SliceStore, data: TrainData, info: DataInfo) 
     if store.size not in (32, 64, 128, 256):
         raise StoreError(f"{store.root}: expected slices of 32, 64, 128 or 256, got {store.size}")
     return DCGANSpec(
-        image_size=store.size, channels=1, mask_channels=data.mask_channels,
+        image_size=store.size, channels=int(store.images.shape[1]),
+        mask_channels=data.mask_channels,
         n_classes=len(info.class_names) if cfg.conditional else 0, nz=cfg.nz, ngf=cfg.ngf,
         ndf=cfg.ndf, projection=cfg.projection, spectral_norm=cfg.spectral_norm,
         d_batchnorm=cfg.d_batchnorm, dropout=cfg.dropout, g_conditioning=cfg.g_conditioning,

@@ -120,7 +120,8 @@ def test_body_filter_drops_air_slices():
     vol = Volume(image, SPACING, "P", "P/series-0", "CT", mask)
     out = process_volume(vol, _cfg(min_body_fraction=0.05))
     assert list(out.z) == list(range(2, image.shape[0]))
-    assert out.images.shape == (image.shape[0] - 2, 32, 32) and out.masks.shape == out.images.shape
+    assert out.images.shape == (image.shape[0] - 2, 1, 32, 32)
+    assert out.masks.shape == (image.shape[0] - 2, 32, 32)
     assert out.images.min() >= -1 and out.images.max() <= 1
 
 

@@ -21,7 +21,7 @@ def inception_fid(
 
     Args:
         weights: path of the ``pt_inception-2015-12-05`` weights file.
-        train, test, synthetic: (N, 1, S, S) images in [-1, 1].
+        train, test, synthetic: (N, C, S, S) images in [-1, 1].
 
     Returns:
         ``{"synthetic": FID(train, synthetic), "baseline": FID(train, test)}``.
@@ -59,6 +59,12 @@ def check_inception_weights(weights: Path) -> None:
 
 
 def _to_rgb_uint8(images: np.ndarray) -> Tensor:
-    x = torch.from_numpy(np.asarray(images, np.float32))  # (N, 1, S, S) in [-1, 1]
+    x = torch.from_numpy(np.asarray(images, np.float32))  # (N, C, S, S) in [-1, 1]
+    if x.shape[1] not in (1, 3):
+        raise ConfigError(
+            f"evaluate.inception_weights: Inception reads 1 (grey) or 3 (RGB) channels, the "
+            f"slices have {x.shape[1]}; leave inception_weights out (the fixed-feature FID "
+            "reads any number)"
+        )
     x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.expand(-1, 3, -1, -1)  # (N, 3, S, S); torchmetrics resizes to 299

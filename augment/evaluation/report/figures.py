@@ -52,7 +52,7 @@ def _figure(rows: int, cols: int, size: float) -> tuple[Figure, np.ndarray]:
 
 
 def grid_figure(images: np.ndarray, titles: list[str], title: str, cols: int = 4) -> str:
-    """A grid of (N, 1, S, S) slices in [-1, 1] as an embedded PNG."""
+    """A grid of (N, C, S, S) slices in [-1, 1] as an embedded PNG (channel 0 of each)."""
     rows = max(1, int(np.ceil(len(images) / cols)))
     fig, axes = _figure(rows, cols, 1.6)
     for ax in axes.flat:

@@ -39,22 +39,32 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError)
 
 @dataclass(frozen=True)
 class NiftiCase:
-    """One image file of a NIfTI data set, with its mask file when there is one.
+    """One case of a NIfTI data set: its image file(s), with its mask file when there is one.
 
     Attributes:
-        image: the image file.
+        images: the image files, one per channel file found (nnU-Net ``_0000``, ``_0001``...
+            under ``imagesTr``/``imagesTs``; elsewhere one file, which may hold 4D channels).
         mask: the label file, or None.
         case: the case name (file name without extension and nnU-Net channel suffix); it is
             the raw patient id, so it must never be written out as it is.
         root: the input root the files were found under.
-        modality: from ``dataset.json`` (:func:`read_modality`).
+        modality: from ``dataset.json`` (:func:`read_modality`), channel 0's.
+        channel_ids: the nnU-Net channel number of each of ``images``.
+        declared: the channel names ``dataset.json`` declares (empty: it does not say).
     """
 
-    image: Path
+    images: tuple[Path, ...]
     mask: Path | None
     case: str
     root: Path
     modality: str = "OT"  # "CT" or "MR" when the data set's dataset.json says; "OT": unknown
+    channel_ids: tuple[int, ...] = (0,)
+    declared: tuple[str, ...] = ()
+
+    @property
+    def image(self) -> Path:
+        """The first channel's file (what messages name)."""
+        return self.images[0]
 
 
 def is_nifti(path: Path) -> bool:
@@ -70,36 +80,37 @@ def strip_suffix(name: str) -> str:
     return name
 
 
-def find_cases(
-    root: Path, channel: int | None = None, mask_pattern: str | None = None
-) -> list[NiftiCase]:
-    """Find the image volumes under ``root`` and pair them with their masks.
+def find_cases(root: Path, mask_pattern: str | None = None) -> list[NiftiCase]:
+    """Find the image volumes under ``root``, group a case's channel files, pair them with
+    their masks.
 
     Args:
         root: a data set folder (holding ``imagesTr``), an ``imagesTr`` folder, a folder of
             volumes, or a single file.
-        channel: which nnU-Net channel file (``_0001``...) to read; files of other channels are
-            left out. None means channel 0.
         mask_pattern: masks named after their image, ``{case}`` standing for the case name,
             relative to the image's folder (e.g. ``"{case}_seg.nii.gz"``); files matching it are
             masks, not images.
 
     Returns:
-        The cases in sorted path order.
+        The cases in sorted path order (of their first file).
     """
     root = Path(root)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     files = [p for p in files if is_nifti(p) and not p.name.startswith(".")]
     masks = _pattern_masks(files, mask_pattern)
-    cases = []
+    groups: dict[tuple[Path, str], dict[int, Path]] = {}
     for path in files:
         if path in masks or path.parent.name in _LABEL_DIRS.values():
             continue
-        case = _case_name(path, channel)
-        if case is None:
-            continue
-        cases.append(NiftiCase(path, _mask_for(path, case, mask_pattern), case, root))
-    return _distinct(cases)
+        case, channel = _case_name(path)
+        groups.setdefault((path.parent, case), {})[channel] = path
+    cases = []
+    for (_, case), by_channel in groups.items():
+        ids = tuple(sorted(by_channel))
+        images = tuple(by_channel[c] for c in ids)
+        cases.append(NiftiCase(images, _mask_for(images[0], case, mask_pattern), case, root,
+                               channel_ids=ids))  # fmt: skip
+    return _distinct(sorted(cases, key=lambda c: c.images[0]))
 
 
 def _distinct(cases: list[NiftiCase]) -> list[NiftiCase]:
@@ -117,14 +128,14 @@ def _distinct(cases: list[NiftiCase]) -> list[NiftiCase]:
     return out
 
 
-def _case_name(path: Path, channel: int | None) -> str | None:
+def _case_name(path: Path) -> tuple[str, int]:
+    """(case, nnU-Net channel): ``_0001`` is a channel only in ``imagesTr``/``imagesTs``, so
+    ``pat_0001.nii.gz`` in a plain folder stays a case of its own."""
     stem = strip_suffix(path.name)
-    match = _CHANNEL.match(stem)
+    match = _CHANNEL.match(stem) if path.parent.name in _LABEL_DIRS else None
     if match is None:
-        return stem
-    if int(match["channel"]) != (channel or 0):
-        return None  # another channel of a multichannel nnU-Net case
-    return match["case"]
+        return stem, 0
+    return match["case"], int(match["channel"])
 
 
 def _pattern_masks(files: list[Path], pattern: str | None) -> set[Path]:
@@ -162,16 +173,29 @@ def _dataset_json(root: Path) -> dict | None:
     return None
 
 
-def read_modality(root: Path, channel: int | None) -> str:
-    """The channel's modality from ``dataset.json`` (Decathlon ``modality``, nnU-Net v2
-    ``channel_names``): ``"CT"``, ``"MR"`` for any other name (T1, FLAIR, ... are in arbitrary
-    units, like MR), or ``"OT"`` when it does not say."""
+def read_channel_names(root: Path) -> tuple[str, ...]:
+    """The channel names ``dataset.json`` declares (Decathlon ``modality``, nnU-Net v2
+    ``channel_names``: ``{"0": "T1", "1": "FLAIR"}``), in channel order; () when it does not."""
     meta = _dataset_json(root) or {}
     names = meta.get("channel_names") or meta.get("modality") or {}
-    name = names.get(str(channel or 0)) if isinstance(names, dict) else None
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(names, dict):
+        return ()
+    try:
+        ordered = sorted((int(k), str(v).strip()) for k, v in names.items())
+    except (TypeError, ValueError):
+        return ()
+    if [k for k, _ in ordered] != list(range(len(ordered))) or not all(v for _, v in ordered):
+        return ()
+    return tuple(v for _, v in ordered)
+
+
+def read_modality(root: Path) -> str:
+    """Channel 0's modality from ``dataset.json``: ``"CT"``, ``"MR"`` for any other name (T1,
+    FLAIR, ... are in arbitrary units, like MR), or ``"OT"`` when it does not say."""
+    names = read_channel_names(root)
+    if not names:
         return "OT"
-    return "CT" if name.strip().upper() == "CT" else "MR"
+    return "CT" if names[0].upper() == "CT" else "MR"
 
 
 def read_label_names(root: Path) -> dict[str, int] | None:
@@ -221,51 +245,80 @@ def canonical_zyx(
 
 
 def read_nifti(
-    path: Path,
+    path: Path | tuple[Path, ...],
     patient: str,
     source: str,
     mask: Path | None = None,
-    channel: int | None = None,
+    channels: list[int] | None = None,
     name: str | None = None,
     max_voxels: int = 2**28,
     modality: str = "OT",
+    declared: tuple[str, ...] = (),
 ) -> Volume:
-    """Read a NIfTI image (and its mask) fully into a canonical Volume.
+    """Read a NIfTI case (its channel files, and its mask) fully into a canonical Volume.
 
     The whole file is decompressed here, so that a truncated ``.nii.gz`` fails now and not
     halfway through training.
 
     Args:
-        path: the image file.
+        path: the image file, or one file per channel (nnU-Net ``_0000``, ``_0001``...); a 4D
+            file holds its channels along the fourth axis.
         patient: the pseudonymised patient id to store in the Volume.
         source: the (pseudonymised) source to store in the Volume.
         mask: the label file, which must match the image in shape and geometry.
-        channel: which volume of a 4D / multichannel image to read; needed when there are
-            several.
+        channels: which channels to keep (None: all of them).
         name: how messages name the file (default: its path).
-        max_voxels: the most voxels the header may declare; checked before any data is read,
+        max_voxels: the most voxels a header may declare; checked before any data is read,
             so a 1 KB header claiming 30000^3 voxels (or a gzip bomb) costs nothing.
+        modality: "CT", "MR" or "OT" (from ``dataset.json``).
+        declared: the channel names ``dataset.json`` declares; a case with another number of
+            channels is refused rather than read with one missing.
 
     Raises:
         InputError: an unreadable file, an unsupported shape, a declared size above
-            ``max_voxels``, an affine that is not a finite invertible matrix, or a mask that
-            does not match.
+            ``max_voxels``, an affine that is not a finite invertible matrix, channel files
+            that disagree or are missing, or a mask that does not match.
     """
-    name = name or str(path)
-    img = _load(path, name)
-    _check_header(img, name, max_voxels)
-    data = _pick_channel(_voxels(img, path, name, scaled=True), channel, name)
-    image, spacing = canonical_zyx(data, img.affine)
+    paths = (path,) if isinstance(path, Path | str) else tuple(path)
+    name = name or str(paths[0])
+    volumes: list[np.ndarray] = []  # (x, y, z) each
+    first: nib.Nifti1Image | None = None
+    for k, file in enumerate(paths):
+        where = name if k == 0 else f"{name} (channel file {k})"
+        img = _load(Path(file), where)
+        _check_header(img, where, max_voxels)
+        data = _channels(_voxels(img, Path(file), where, scaled=True), where)
+        if first is None:
+            first = img
+        elif data.shape[:3] != first.shape[:3] or not np.allclose(
+            img.affine, first.affine, atol=1e-3
+        ):
+            raise InputError(
+                f"{where}: expected the grid (shape, affine) of channel 0, got another"
+            )
+        volumes.extend(data[..., c] for c in range(data.shape[3]))
+    assert first is not None
+    if declared and len(volumes) != len(declared):
+        raise InputError(
+            f"{name}: expected {len(declared)} channels ({', '.join(declared)}) as dataset.json "
+            f"declares, got {len(volumes)}"
+        )
+    names = declared or ((modality,) if len(volumes) == 1 else tuple(map(str, range(len(volumes)))))
+    keep = list(range(len(volumes))) if channels is None else channels
+    if any(c >= len(volumes) for c in keep):
+        raise InputError(f"{name}: expected channels {keep}, got {len(volumes)} channel(s)")
+    zyx = [canonical_zyx(volumes[c], first.affine) for c in keep]
     vol_mask = None
     if mask is not None:
-        vol_mask = _read_mask(mask, img, data.shape, name)
+        vol_mask = _read_mask(mask, first, volumes[0].shape, name)
     return Volume(
-        image=image.astype(np.float32, copy=False),
-        spacing=spacing,
+        image=np.stack([z for z, _ in zyx]).astype(np.float32, copy=False),  # (C, Z, Y, X)
+        spacing=zyx[0][1],
         patient=patient,
         source=source,
         modality=modality,  # NIfTI headers have none; a data set's dataset.json may
         mask=vol_mask,
+        channels=tuple(names[c] for c in keep),
     )
 
 
@@ -306,24 +359,14 @@ def _voxels(img: nib.Nifti1Image, path: Path, name: str, scaled: bool) -> np.nda
         raise InputError(f"{name}: corrupt or truncated NIfTI data ({why})") from exc
 
 
-def _pick_channel(data: np.ndarray, channel: int | None, name: str) -> np.ndarray:
-    # NIfTI keeps (x, y, z, t, c); drop the singleton extra dimensions first.
-    extra = [d for d in data.shape[3:] if d > 1]
+def _channels(data: np.ndarray, name: str) -> np.ndarray:
+    """(x, y, z, C): NIfTI keeps (x, y, z, t, c); singleton extra dimensions are dropped."""
     if data.ndim < 3:
         raise InputError(f"{name}: expected a 3D volume, got shape {data.shape}")
-    if not extra:
-        return data.reshape(data.shape[:3])
+    extra = [d for d in data.shape[3:] if d > 1]
     if len(extra) > 1:
         raise InputError(f"{name}: expected a 3D or 4D volume, got shape {data.shape}")
-    data = data.reshape(*data.shape[:3], extra[0])
-    if channel is None:
-        raise InputError(
-            f"{name}: expected a 3D volume, got {extra[0]} channels; "
-            "choose one with preprocess.channel"
-        )
-    if channel >= extra[0]:
-        raise InputError(f"{name}: expected channel < {extra[0]}, got channel {channel}")
-    return data[..., channel]
+    return data.reshape(*data.shape[:3], extra[0] if extra else 1)
 
 
 def _read_mask(mask: Path, img: nib.Nifti1Image, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -364,12 +407,15 @@ class NiftiReader:
     def discover(
         self, root: Path, cfg: PreprocessConfig, name_of: Namer, map_fn: MapFn
     ) -> Discovery:
-        modality = read_modality(root, cfg.channel)
+        modality, declared = read_modality(root), read_channel_names(root)
         cases = [
-            replace(c, modality=modality) for c in find_cases(root, cfg.channel, cfg.mask_pattern)
+            replace(c, modality=modality, declared=declared)
+            for c in find_cases(root, cfg.mask_pattern)
         ]
         found = [
-            Found(c, c.case, c.image, c.mask is not None, (c.image, *([c.mask] if c.mask else [])))
+            Found(
+                c, c.case, c.image, c.mask is not None, (*c.images, *([c.mask] if c.mask else []))
+            )
             for c in cases
         ]
         return Discovery(found, label_names=read_label_names(root))
@@ -379,7 +425,10 @@ class NiftiReader:
     ) -> Volume:
         if not isinstance(item, NiftiCase):
             raise TypeError(f"expected a NiftiCase, got {type(item).__name__}")
+        if item.channel_ids != tuple(range(len(item.channel_ids))):
+            got = ", ".join(f"_{c:04d}" for c in item.channel_ids)
+            raise InputError(f"{name_of(item.image)}: a channel file is missing (found {got})")
         return read_nifti(
-            item.image, patient, source, item.mask, cfg.channel, name_of(item.image),
-            cfg.max_voxels, item.modality,
+            item.images, patient, source, item.mask, cfg.channels, name_of(item.image),
+            cfg.max_voxels, item.modality, item.declared,
         )  # fmt: skip

@@ -30,14 +30,26 @@ class SampleRun:
 
     cfg: SampleConfig
     info: ModelInfo
-    window: Window
+    window: Window  # channel 0's
     root: Path
     width: int  # digits of the case numbers
+    windows: tuple[Window, ...] = ()  # per channel (default: ``window``)
+    channels: tuple[str, ...] = ()  # channel names (default: CT, or image)
     # DICOM UIDs must be globally unique: every run mints new ones, even with the same seed
     # (the pixel data is what the seed reproduces).
     uid_nonce: str = field(default_factory=lambda: uuid.uuid4().hex)
     # class id -> [samples whose mask agrees with their class, samples] (models with masks)
     agreement: dict[int, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.windows = self.windows or (self.window,)
+        self.channels = self.channels or ("CT" if self.window.units == "HU" else "image",)
+
+    def to_units(self, images: np.ndarray) -> np.ndarray:
+        """(..., C, S, S) in [-1, 1] -> each channel in its data's units (float32)."""
+        return np.stack(
+            [w.to_units(images[..., c, :, :]) for c, w in enumerate(self.windows)], axis=-3
+        )
 
     def case(self, i: int) -> str:
         """The case name of sample ``i``."""
@@ -54,11 +66,19 @@ class SampleRun:
         return float(self.info.config.get("slice_thickness") or max(self.info.spacing))
 
 
+def meta_windows(meta: dict[str, Any], window: Window) -> list[Window]:
+    """Per channel, the window of a set (``synthetic.json`` ``windows``; older sets: one)."""
+    found = meta.get("windows")
+    if not isinstance(found, list) or not found:
+        return [window]
+    return [Window.from_dict(w, "synthetic.json") for w in found]
+
+
 class Sink(Protocol):
     """Receives the batches of a streaming format in order."""
 
     def append(self, images: np.ndarray, masks: np.ndarray | None, classes: np.ndarray) -> None:
-        """One batch: images (B, S, S) in [-1, 1], masks (B, S, S) label ids, classes (B,)."""
+        """One batch: images (B, C, S, S) in [-1, 1], masks (B, S, S) label ids, classes (B,)."""
         ...
 
     def finish(self) -> None:
@@ -78,12 +98,14 @@ class SampleFormat:
         ending: the file name ending.
         needs_masks: the format cannot hold a set without masks.
         merges_real: ``--merge-with-real`` can merge a real data set into it.
+        max_channels: the most image channels a case of the format holds.
     """
 
     folders: ClassVar[tuple[str, str]] = ("images", "labels")
     ending: ClassVar[str] = ""
     needs_masks: ClassVar[bool] = False
     merges_real: ClassVar[bool] = False
+    max_channels: ClassVar[int] = 1
 
     def files(self, run: SampleRun, case: str) -> tuple[str, str]:
         """The image file and the label file ("" without masks) of a case, relative."""
@@ -104,7 +126,7 @@ class SampleFormat:
     def write_case(
         self, run: SampleRun, i: int, image: np.ndarray, mask: np.ndarray | None, c: int
     ) -> None:
-        """Write sample ``i``: image (S, S) in [-1, 1], mask (S, S) label ids, class id."""
+        """Write sample ``i``: image (C, S, S) in [-1, 1], mask (S, S) label ids, class id."""
         raise NotImplementedError
 
     def finish(self, run: SampleRun, real: RealSet | None) -> None:
@@ -113,7 +135,7 @@ class SampleFormat:
     def read(
         self, root: Path, rows: list[dict[str, str]], meta: dict[str, Any], window: Window
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Read a set back: images (N, 1, S, S) float32 in [-1, 1], masks (N, S, S) or None.
+        """Read a set back: images (N, C, S, S) float32 in [-1, 1], masks (N, S, S) or None.
 
         Raises:
             OSError, ValueError: an unreadable file (the caller names the set).
@@ -125,10 +147,10 @@ class SampleFormat:
             if has_masks
             else None
         )
-        return images.astype(np.float32)[:, None], masks
+        return images.astype(np.float32), masks
 
     def read_image(self, path: Path, meta: dict[str, Any], window: Window) -> np.ndarray:
-        """One image file as (S, S) float32 in [-1, 1]."""
+        """One case's image as (C, S, S) float32 in [-1, 1]."""
         raise NotImplementedError
 
     def read_mask(self, path: Path) -> np.ndarray:

@@ -168,13 +168,13 @@ class DicomFormat(SampleFormat):
             f"SYNTHETIC; class {cls}; seed {run.cfg.seed}; noise index {i}; "
             f"model sha256 {run.info.checksum[:16]}"
         )
-        levels = np.rint(np.clip(image, -1, 1) * DICOM_SCALE).astype(np.int16)
+        levels = np.rint(np.clip(image[0], -1, 1) * DICOM_SCALE).astype(np.int16)
         write_dicom(run.root / image_file, levels, dicom_series(run, 1), case, i + 1, comment)
         if mask is not None:
             write_dicom(run.root / label_file, mask, dicom_series(run, 2), case, i + 1, comment)
 
     def read_image(self, path: Path, meta: dict[str, Any], window: Window) -> np.ndarray:
-        return read_dicom(path)[0] / np.float32(DICOM_SCALE)
+        return (read_dicom(path)[0] / np.float32(DICOM_SCALE))[None]
 
     def read_mask(self, path: Path) -> np.ndarray:
         return read_dicom(path)[0]

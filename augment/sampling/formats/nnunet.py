@@ -1,6 +1,7 @@
 """The ``nnunet`` format: an nnU-Net v2 raw data set that MONAI reads as a Decathlon list too.
 
-``imagesTr/<case>_0000.nii.gz`` (float32, the training data's units, e.g. HU),
+``imagesTr/<case>_0000.nii.gz`` (float32, the training data's units, e.g. HU; ``_0001``... for
+further channels, e.g. MR sequences),
 ``labelsTr/<case>.nii.gz`` (uint8 label ids) and ``dataset.json`` (nnU-Net v2's keys plus a
 Decathlon-style ``training`` list for ``monai.data.load_decathlon_datalist``). With
 ``--merge-with-real`` the real data set's cases are linked in beside the synthetic ones, with
@@ -29,7 +30,7 @@ import numpy as np
 from augment.contracts.window import Window
 from augment.errors import StoreError
 from augment.sampling.draw import class_counts, class_of
-from augment.sampling.formats.base import SampleFormat, SampleRun
+from augment.sampling.formats.base import SampleFormat, SampleRun, meta_windows
 from augment.sampling.merge import (
     NIFTI_ENDING,
     RealSet,
@@ -107,6 +108,7 @@ class NnunetFormat(SampleFormat):
     ending = NIFTI_ENDING
     needs_masks = True  # nnU-Net trains segmentation: a case without a label is no case
     merges_real = True
+    max_channels = 16
 
     def files(self, run: SampleRun, case: str) -> tuple[str, str]:
         image = f"{self.folders[0]}/{case}{CHANNEL_SUFFIX}{NIFTI_ENDING}"
@@ -118,7 +120,9 @@ class NnunetFormat(SampleFormat):
     ) -> None:
         image_file, label_file = self.files(run, run.case(i))
         sp, th = run.info.spacing, run.thickness
-        write_nifti_slice(run.root / image_file, run.window.to_units(image), sp, th, np.float32)
+        for c, units in enumerate(run.to_units(image)):  # one file per channel
+            path = run.root / _channel_file(image_file, c)
+            write_nifti_slice(path, units, sp, th, np.float32)
         if mask is not None:
             write_nifti_slice(run.root / label_file, mask, sp, th, np.uint8)
 
@@ -126,10 +130,21 @@ class NnunetFormat(SampleFormat):
         _write_dataset_json(run, real)
 
     def read_image(self, path: Path, meta: dict[str, Any], window: Window) -> np.ndarray:
-        return window.to_unit_range(read_nifti_slice(path), clip=False)
+        windows = meta_windows(meta, window)
+        return np.stack([
+            w.to_unit_range(read_nifti_slice(_channel_file(path, c)), clip=False)
+            for c, w in enumerate(windows)
+        ])  # fmt: skip
 
     def read_mask(self, path: Path) -> np.ndarray:
         return read_nifti_slice(path)
+
+
+def _channel_file(path: str | Path, channel: int) -> Path:
+    """The ``_000c`` sibling of a case's ``_0000`` image file."""
+    path = Path(path)
+    return path.with_name(path.name.replace(f"{CHANNEL_SUFFIX}{NIFTI_ENDING}",
+                                            f"_{channel:04d}{NIFTI_ENDING}"))  # fmt: skip
 
 
 def _write_dataset_json(run: SampleRun, real: RealSet | None) -> None:
@@ -137,7 +152,7 @@ def _write_dataset_json(run: SampleRun, real: RealSet | None) -> None:
     n = run.cfg.n
     syn_cases = (run.case(i) for i in range(n))
     head: dict[str, Any] = {
-        "channel_names": {"0": "CT" if run.window.units == "HU" else "image"},
+        "channel_names": {str(c): name for c, name in enumerate(run.channels)},
         "labels": dict(sorted(run.info.label_names.items(), key=lambda kv: kv[1])),
         "numTraining": n,
         "file_ending": NIFTI_ENDING,
@@ -153,14 +168,15 @@ def _write_dataset_json(run: SampleRun, real: RealSet | None) -> None:
         head["channel_names"] = channels
         head["numTraining"] = len(real.cases) + n
         head["numSynthetic"] = n
-        _link_real(real, run.root)
-        entries = [_entry(c) for c in real.cases]
+        _link_real(real, run.root, len(run.channels))
+        entries = [_entry(c, len(run.channels)) for c in real.cases]
         _write_splits(run, real)
     head.pop("training", None)
     cum = np.cumsum(class_counts(n, run.info.class_names, run.cfg.class_ratio))
     conditional = bool(run.info.class_names)
     syn_entries = (
-        {**_entry(c), "class": int(class_of(cum, np.array([i]))[0]) if conditional else -1,
+        {**_entry(c, len(run.channels)),
+         "class": int(class_of(cum, np.array([i]))[0]) if conditional else -1,
          "synthetic": True}
         for i, c in enumerate(syn_cases)
     )  # fmt: skip
@@ -169,16 +185,19 @@ def _write_dataset_json(run: SampleRun, real: RealSet | None) -> None:
     )
 
 
-def _entry(case: str) -> dict[str, str]:
+def _entry(case: str, channels: int) -> dict[str, Any]:
+    """A Decathlon ``training`` entry: MONAI takes a list of files as the channels of one image."""
+    files = [f"./imagesTr/{case}_{c:04d}{NIFTI_ENDING}" for c in range(channels)]
     return {
-        "image": f"./imagesTr/{case}_0000{NIFTI_ENDING}",
+        "image": files[0] if channels == 1 else files,
         "label": f"./labelsTr/{case}{NIFTI_ENDING}",
     }
 
 
-def _link_real(real: RealSet, root: Path) -> None:
+def _link_real(real: RealSet, root: Path, channels: int) -> None:
     for case in real.cases:
-        for sub, name in (("imagesTr", f"{case}{CHANNEL_SUFFIX}"), ("labelsTr", case)):
+        names = [("imagesTr", f"{case}_{c:04d}") for c in range(channels)] + [("labelsTr", case)]
+        for sub, name in names:
             file = f"{name}{NIFTI_ENDING}"
             link_or_copy(real.root / sub / file, root / sub / file)
 

@@ -1,7 +1,8 @@
 """The ``npz`` format: one ``samples.npz`` for numpy users.
 
-``images`` (N, 1, S, S) float32 in the data's units, ``masks`` (N, S, S) uint8, ``classes``
-(N,) int64, plus ``class_names``, ``window`` (center, width) and ``spacing``. Batches stream to
+``images`` (N, C, S, S) float32 in the data's units, ``masks`` (N, S, S) uint8, ``classes``
+(N,) int64, plus ``class_names``, ``windows`` (C, 2: center, width), ``channels`` (names),
+``window`` (channel 0's) and ``spacing``. Batches stream to
 raw files and are packed at the end, so memory stays flat whatever ``n``; the zip members carry
 a fixed date, so the same seed gives byte-identical files.
 """
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from augment.contracts.window import Window
-from augment.sampling.formats.base import SampleFormat, SampleRun
+from augment.sampling.formats.base import SampleFormat, SampleRun, meta_windows
 
 NPZ = "samples.npz"
 
@@ -79,13 +80,14 @@ class NpzSink:
     def __init__(self, run: SampleRun) -> None:
         s = run.info.spec.image_size
         self.run = run
-        self.images = NpyStream(run.root / "images.raw", np.float32, (1, s, s))
+        c = len(run.windows)
+        self.images = NpyStream(run.root / "images.raw", np.float32, (c, s, s))
         self.classes = NpyStream(run.root / "classes.raw", np.int64, ())
         has_masks = bool(run.info.spec.mask_channels)
         self.masks = NpyStream(run.root / "masks.raw", np.uint8, (s, s)) if has_masks else None
 
     def append(self, images: np.ndarray, masks: np.ndarray | None, classes: np.ndarray) -> None:
-        self.images.append(self.run.window.to_units(images)[:, None])  # (B, 1, S, S)
+        self.images.append(self.run.to_units(images))  # (B, C, S, S)
         self.classes.append(classes if self.run.info.class_names else np.full_like(classes, -1))
         if self.masks is not None:
             if masks is None:
@@ -102,7 +104,10 @@ class NpzSink:
                 self.masks.pack(zf, "masks")
             pack_small(zf, "class_names", np.array(self.run.info.class_names, dtype=str))
             window = np.array([self.run.window.center, self.run.window.width], dtype=np.float64)
-            pack_small(zf, "window", window)
+            pack_small(zf, "window", window)  # channel 0's
+            windows = [[w.center, w.width] for w in self.run.windows]
+            pack_small(zf, "windows", np.array(windows, dtype=np.float64))  # (C, 2)
+            pack_small(zf, "channels", np.array(self.run.channels, dtype=str))
             pack_small(zf, "spacing", np.array(self.run.info.spacing, dtype=np.float64))
 
     def close(self) -> None:
@@ -113,6 +118,8 @@ class NpzSink:
 
 class NpzFormat(SampleFormat):
     """Every sample in one uncompressed ``samples.npz``."""
+
+    max_channels = 16
 
     def files(self, run: SampleRun, case: str) -> tuple[str, str]:
         return NPZ, NPZ if run.has_masks else ""
@@ -126,7 +133,12 @@ class NpzFormat(SampleFormat):
     def read(
         self, root: Path, rows: list[dict[str, str]], meta: dict[str, Any], window: Window
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        windows = meta_windows(meta, window)
         with np.load(root / NPZ) as data:
-            images = window.to_unit_range(data["images"], clip=False)
+            units = data["images"]  # (N, C, S, S)
+            images = np.stack(
+                [windows[c].to_unit_range(units[:, c], clip=False) for c in range(units.shape[1])],
+                axis=1,
+            )
             masks = data["masks"] if "masks" in data.files else None
         return images, masks

@@ -52,12 +52,12 @@ class PngFormat(SampleFormat):
         self, run: SampleRun, i: int, image: np.ndarray, mask: np.ndarray | None, c: int
     ) -> None:
         image_file, label_file = self.files(run, run.case(i))
-        write_png(run.root / image_file, to_png_levels(image, run.cfg.png_bits))
+        write_png(run.root / image_file, to_png_levels(image[0], run.cfg.png_bits))
         if mask is not None:
             write_png(run.root / label_file, mask)
 
     def read_image(self, path: Path, meta: dict[str, Any], window: Window) -> np.ndarray:
-        return from_png_levels(read_png(path), int(meta.get("png_bits", 8)))
+        return from_png_levels(read_png(path), int(meta.get("png_bits", 8)))[None]
 
     def read_mask(self, path: Path) -> np.ndarray:
         return read_png(path)

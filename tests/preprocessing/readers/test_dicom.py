@@ -35,7 +35,7 @@ def test_series_is_ordered_by_position_not_name_or_instance_number(tmp_path):
     image, _ = phantom()
     write_dicom_series(tmp_path / "a" / "deep", image, SPACING, "PAT-1", shuffle_seed=3)
     vol = _read_one(tmp_path)
-    np.testing.assert_allclose(vol.image, image, atol=0.51)
+    np.testing.assert_allclose(vol.image[0], image, atol=0.51)
     assert vol.spacing == pytest.approx(SPACING)
     assert vol.modality == "CT" and vol.patient == "P1"
 
@@ -49,7 +49,7 @@ def test_rescale_signed_pixels_and_monochrome1(tmp_path, slope, intercept, monoc
     write_dicom_series(tmp_path, image, SPACING, "PAT-1", slope=slope, intercept=intercept,
                        monochrome1=monochrome1)  # fmt: skip
     vol = _read_one(tmp_path)
-    np.testing.assert_allclose(vol.image, image, atol=slope / 2 + 1e-3)
+    np.testing.assert_allclose(vol.image[0], image, atol=slope / 2 + 1e-3)
 
 
 def test_missing_rescale_is_identity(tmp_path):
@@ -59,7 +59,7 @@ def test_missing_rescale_is_identity(tmp_path):
         ds = pydicom.dcmread(path)
         del ds.RescaleSlope, ds.RescaleIntercept
         ds.save_as(path)
-    np.testing.assert_allclose(_read_one(tmp_path).image, image, atol=0.51)
+    np.testing.assert_allclose(_read_one(tmp_path).image[0], image, atol=0.51)
 
 
 def test_sagittal_acquisition_reads_to_the_same_canonical_volume(tmp_path):
@@ -74,7 +74,7 @@ def test_sagittal_acquisition_reads_to_the_same_canonical_volume(tmp_path):
         ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
         ds.save_as(tmp_path / f"{(i * 7) % nx:03d}.dcm", enforce_file_format=True)
     vol = _read_one(tmp_path)
-    np.testing.assert_allclose(vol.image, image, atol=0.51)
+    np.testing.assert_allclose(vol.image[0], image, atol=0.51)
     assert vol.spacing == pytest.approx(SPACING)
 
 
@@ -104,7 +104,7 @@ def test_enhanced_multiframe_file(tmp_path):
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
     ds.save_as(tmp_path / "enhanced.dcm", enforce_file_format=True)
     vol = _read_one(tmp_path)
-    np.testing.assert_allclose(vol.image, image, atol=1.01)
+    np.testing.assert_allclose(vol.image[0], image, atol=1.01)
     assert vol.spacing == pytest.approx(SPACING)
 
 
@@ -127,7 +127,7 @@ def test_jpeg_decodes(tmp_path):
     ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
     ds.save_as(tmp_path / "a.dcm")
     vol = _read_one(tmp_path)
-    assert vol.image.shape == (1, ds.Rows, ds.Columns) and np.ptp(vol.image) > 0
+    assert vol.image.shape == (1, 1, ds.Rows, ds.Columns) and np.ptp(vol.image) > 0
 
 
 def test_missing_decoder_names_the_package(tmp_path, monkeypatch):

@@ -26,8 +26,8 @@ def test_lps_and_ras_files_read_to_the_same_canonical_volume(tmp_path):
     image, _ = phantom()
     a = read_nifti(write_nifti(tmp_path / "a.nii.gz", image, SPACING), "P1", "P1/series-0")
     b = read_nifti(write_ras_nifti(tmp_path / "b.nii", image, SPACING), "P1", "P1/series-0")
-    np.testing.assert_allclose(a.image, image, atol=1e-4)
-    np.testing.assert_allclose(b.image, image, atol=1e-4)
+    np.testing.assert_allclose(a.image[0], image, atol=1e-4)
+    np.testing.assert_allclose(b.image[0], image, atol=1e-4)
     assert a.spacing == pytest.approx(SPACING) and b.spacing == pytest.approx(SPACING)
 
 
@@ -51,32 +51,62 @@ def test_header_scaling_is_applied(tmp_path):
     img.header.set_slope_inter(2.0, -1024.0)
     nib.save(img, tmp_path / "s.nii.gz")
     vol = read_nifti(tmp_path / "s.nii.gz", "P1", "s")
-    np.testing.assert_allclose(vol.image, stored * 2.0 - 1024.0)
+    np.testing.assert_allclose(vol.image[0], stored * 2.0 - 1024.0)
 
 
-def test_4d_needs_a_channel(tmp_path):
+def test_4d_channels_are_all_read_or_chosen(tmp_path):
     image, _ = phantom()
     data = np.stack([image, image + 7], axis=-1).transpose(2, 1, 0, 3)  # (X, Y, Z, C)
     nib.save(nib.Nifti1Image(data, np.diag([-2.0, -2.0, 5.0, 1.0])), tmp_path / "c.nii.gz")
-    with pytest.raises(InputError, match="2 channels"):
-        read_nifti(tmp_path / "c.nii.gz", "P1", "c")
-    vol = read_nifti(tmp_path / "c.nii.gz", "P1", "c", channel=1)
-    np.testing.assert_allclose(vol.image, image + 7, atol=1e-4)
-    with pytest.raises(InputError, match="channel < 2"):
-        read_nifti(tmp_path / "c.nii.gz", "P1", "c", channel=2)
+    vol = read_nifti(tmp_path / "c.nii.gz", "P1", "c")  # every channel: none dropped
+    assert vol.image.shape == (2, *image.shape) and vol.channels == ("0", "1")
+    np.testing.assert_allclose(vol.image[1], image + 7, atol=1e-4)
+    vol = read_nifti(tmp_path / "c.nii.gz", "P1", "c", channels=[1])
+    np.testing.assert_allclose(vol.image[0], image + 7, atol=1e-4)
+    with pytest.raises(InputError, match=r"expected channels \[2\], got 2 channel"):
+        read_nifti(tmp_path / "c.nii.gz", "P1", "c", channels=[2])
+    with pytest.raises(InputError, match=r"expected 3 channels \(T1, T2, FLAIR\)"):
+        read_nifti(tmp_path / "c.nii.gz", "P1", "c", declared=("T1", "T2", "FLAIR"))
 
 
-def test_decathlon_layout_pairs_images_and_masks(tmp_path):
+def test_decathlon_layout_groups_channel_files_and_pairs_masks(tmp_path):
     cases = {"A-1": phantom(seed=1), "B-2": phantom(seed=2)}
     write_decathlon(tmp_path, cases)
-    write_nifti(tmp_path / "imagesTr" / "A-1_0001.nii.gz", cases["A-1"][0], SPACING)  # channel 1
+    write_nifti(tmp_path / "imagesTr" / "A-1_0001.nii.gz", cases["A-1"][0] + 5, SPACING)
     found = find_cases(tmp_path)
     assert [c.case for c in found] == ["A-1", "B-2"]
+    assert [c.channel_ids for c in found] == [(0, 1), (0,)]
     assert all(c.mask is not None and c.mask.parent.name == "labelsTr" for c in found)
-    assert [c.image.name for c in find_cases(tmp_path, channel=1)] == ["A-1_0001.nii.gz"]
     assert read_label_names(tmp_path) == {"background": 0, "lesion": 1}
-    vol = read_nifti(found[0].image, "P", "s", mask=found[0].mask)
+    vol = read_nifti(found[0].images, "P", "s", mask=found[0].mask)
+    assert vol.image.shape[0] == 2  # the second channel file is read, not dropped
+    np.testing.assert_allclose(vol.image[1], vol.image[0] + 5, atol=1e-3)
     np.testing.assert_array_equal(vol.mask, cases["A-1"][1])
+
+
+def test_channel_suffixes_outside_nnunet_folders_are_cases(tmp_path):
+    for name in ("pat_0000", "pat_0001"):  # two patients that happen to be numbered so
+        write_nifti(tmp_path / f"{name}.nii.gz", phantom()[0], SPACING)
+    assert [c.case for c in find_cases(tmp_path)] == ["pat_0000", "pat_0001"]
+
+
+def test_a_missing_channel_file_or_count_is_a_reason_not_a_silent_drop(tmp_path):
+    from augment.config import PreprocessConfig
+    from augment.preprocessing.readers.nifti import NiftiReader
+
+    cases = {"A-1": phantom(seed=1), "B-2": phantom(seed=2)}
+    write_decathlon(tmp_path, cases)
+    (tmp_path / "dataset.json").write_text(
+        '{"labels": {"background": 0, "lesion": 1}, "channel_names": {"0": "T1", "1": "FLAIR"}}'
+    )
+    write_nifti(tmp_path / "imagesTr" / "A-1_0001.nii.gz", cases["A-1"][0], SPACING)
+    write_nifti(tmp_path / "imagesTr" / "B-2_0002.nii.gz", cases["B-2"][0], SPACING)  # no _0001
+    reader, cfg = NiftiReader(), PreprocessConfig()
+    found = {f.raw_patient: f for f in reader.discover(tmp_path, cfg, str, map).found}
+    vol = reader.read(found["A-1"].item, "P1", "s", str, cfg)
+    assert vol.channels == ("T1", "FLAIR") and vol.image.shape[0] == 2
+    with pytest.raises(InputError, match=r"a channel file is missing \(found _0000, _0002\)"):
+        reader.read(found["B-2"].item, "P2", "s", str, cfg)
 
 
 def test_mask_pattern(tmp_path):
