@@ -78,6 +78,11 @@ def test_both_sequences_go_through_every_stage(two_sequences, tmp_path, monkeypa
     syn = load_synthetic(tmp_path / "syn")
     assert syn.images.shape == (8, 2, 32, 32)
 
+    merged = tmp_path / "merged"
+    sample(SampleConfig(n=8, batch_size=4), tmp_path / "model", merged, two_sequences)
+    assert (merged / "imagesTr" / "MR-000_0001.nii.gz").is_file()  # the real FLAIR, linked
+    assert json.loads((merged / "dataset.json").read_text())["numTraining"] == N + 8
+
     sample(SampleConfig(n=8, batch_size=4, format="npz"), tmp_path / "model", tmp_path / "npz")
     npz = load_synthetic(tmp_path / "npz")
     np.testing.assert_allclose(npz.images, syn.images, atol=1e-5)  # the same samples
