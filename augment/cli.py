@@ -152,6 +152,10 @@ def preprocess(
         bool | None, typer.Option("--strict/--no-strict", help="Stop at the first bad input.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the patient split.")] = None,
+    overwrite: Annotated[
+        bool | None,
+        typer.Option("--overwrite/--no-overwrite", help="Replace an existing store at --out."),
+    ] = None,
     labels_from: Annotated[
         str | None, typer.Option("--labels-from", help="Slice classes from 'mask' or 'csv'.")
     ] = None,
@@ -167,7 +171,7 @@ def preprocess(
     cfg = _config(
         PreprocessConfig, "preprocess", params,
         size=size, workers=workers, strict=strict, seed=seed, labels_from=labels_from,
-        format=fmt,
+        format=fmt, overwrite=overwrite,
     )  # fmt: skip
     from augment.preprocessing.stage import preprocess as run_preprocess
     from augment.preprocessing.stage import summary_table
@@ -195,6 +199,10 @@ def train(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="A few tiny steps end to end, for smoke tests.")
     ] = False,
+    overwrite: Annotated[
+        bool | None,
+        typer.Option("--overwrite/--no-overwrite", help="Replace a model at --out (no resume)."),
+    ] = None,
     params: ParamsOpt = None,
 ) -> None:
     """Train the DCGAN on the train split of a SliceStore.
@@ -204,6 +212,7 @@ def train(
     cfg = _config(
         TrainConfig, "train", params,
         steps=steps, batch_size=batch_size, loss=loss, fraction=fraction, device=device, seed=seed,
+        overwrite=overwrite,
     )  # fmt: skip
     from augment.training.stage import summary_table
     from augment.training.stage import train as run_train

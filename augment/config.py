@@ -147,6 +147,7 @@ class PreprocessConfig(_Section):
     seed: int = Field(0, ge=0)
     workers: int = Field(1, ge=1, le=256)
     strict: bool = False
+    overwrite: bool = Field(False, description="replace an existing slice store at --out")
 
 
 class TrainConfig(_Section):
@@ -197,6 +198,7 @@ class TrainConfig(_Section):
     seed: int = Field(0, ge=0)
     device: str = "auto"
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch's default)")
+    overwrite: bool = Field(False, description="replace a model already at --out (not resuming)")
     compile: bool = False
     log_every: int = Field(50, ge=1)
     fidelity_every: int = Field(

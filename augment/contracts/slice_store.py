@@ -146,12 +146,13 @@ class SliceStoreWriter:
     size: int
     with_masks: bool
     channels: int = 1
+    overwrite: bool = True  # False: a store that appeared at ``target`` meanwhile is an error
     meta: dict[str, Any] = field(default_factory=dict)
     _n: int = 0
     _rows: list[dict[str, Any]] = field(default_factory=list)
 
     def __enter__(self) -> SliceStoreWriter:
-        self._ctx = atomic_dir(Path(self.target))
+        self._ctx = atomic_dir(Path(self.target), overwrite=self.overwrite)
         self._dir = self._ctx.__enter__()
         self._img_raw = open(self._dir / "images.raw", "wb")  # noqa: SIM115
         self._msk_raw = open(self._dir / "masks.raw", "wb") if self.with_masks else None  # noqa: SIM115

@@ -16,6 +16,7 @@ folder or file name (which often carries a name or an id) reaches an output or a
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import os
 import shutil
@@ -98,6 +99,10 @@ def preprocess(
             ``cfg.strict``.
     """
     _check_labels_option(cfg, labels_csv)
+    if Path(out).exists() and not cfg.overwrite:  # dvc repro removes it first: only by hand
+        raise FileExistsError(
+            errno.EEXIST, "already exists (pass --overwrite to replace it)", str(out)
+        )
     key = load_key(key_file)
     with worker_pool(cfg.workers) as pool:
         run = _discover(inputs, cfg, key, pool_map(pool))
@@ -408,7 +413,7 @@ def _write_store(
     splits = split_patients(patient_class, cfg.split, cfg.seed)
     with_masks = all(e.has_mask for e in spooled)
     channels = len(imaging["channels"])
-    with SliceStoreWriter(out, cfg.size, with_masks, channels=channels) as writer:
+    with SliceStoreWriter(out, cfg.size, with_masks, channels, overwrite=cfg.overwrite) as writer:
         for entry in spooled:
             images = np.load(entry.path.with_suffix(".images.npy"))
             masks = np.load(entry.path.with_suffix(".masks.npy")) if with_masks else None

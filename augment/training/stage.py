@@ -12,6 +12,7 @@ guard), ``checkpoint``, ``pictures`` and ``ddp``.
 
 from __future__ import annotations
 
+import errno
 import random
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from rich.table import Table
 
 from augment.config import TrainConfig
-from augment.contracts.model_dir import CHECKPOINT_FILE
+from augment.contracts.model_dir import CHECKPOINT_FILE, GENERATOR_FILE
 from augment.contracts.slice_store import SliceStore
 from augment.errors import ConfigError, StoreError
 from augment.nets.dcgan import DCGANSpec
@@ -123,7 +124,20 @@ def train(
             dist.destroy_process_group()
 
 
+def _refuse_existing(cfg: TrainConfig, out: Path, resume: bool) -> None:
+    """A fresh run does not silently replace a model (``dvc repro`` removes it first anyway)."""
+    kept = [n for n in (CHECKPOINT_FILE, GENERATOR_FILE, "config.json") if (out / n).exists()]
+    if kept and not resume and not cfg.overwrite:
+        raise FileExistsError(
+            errno.EEXIST,
+            f"already holds a model ({', '.join(kept)}); pass --resume to continue it or "
+            "--overwrite to replace it",
+            str(out),
+        )
+
+
 def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, dd: DistInfo) -> dict:
+    _refuse_existing(cfg, out, resume)
     device = _device(cfg, dd)
     store = SliceStore.open(data_dir)
     host_data, info = load_train_data(store, cfg)

@@ -202,11 +202,14 @@ def test_mask_labels_splits_and_determinism(demo, tmp_path):
     assert a.meta["spacing"] == pytest.approx([48 / 32, 40 / 27], abs=1e-3)
 
 
-def test_rerun_replaces_the_store_whole(demo, tmp_path):
+def test_rerun_refuses_an_existing_store_or_replaces_it_whole(demo, tmp_path):
     out = tmp_path / "s"
     preprocess(_cfg(), [demo / "nifti"], out)
     (out / "stale.txt").write_text("x")
-    preprocess(_cfg(size=64), [demo / "nifti"], out)
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        preprocess(_cfg(size=64), [demo / "nifti"], out)
+    assert SliceStore.open(out).size == 32  # untouched
+    preprocess(_cfg(size=64, overwrite=True), [demo / "nifti"], out)
     assert not (out / "stale.txt").exists() and SliceStore.open(out).size == 64
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no spool or temporary left
 
@@ -343,7 +346,7 @@ def test_csv_naming_missing_patients_and_unlabelled_volumes(demo, tmp_path):
     assert "NOBODY" not in json.dumps(meta)
     csv.write_text("patient,class\nPHANTOM-0000,tumour\n")
     with pytest.raises(InputError, match="expected a class in"):
-        preprocess(_cfg(labels_from="csv"), [demo / "nifti"], tmp_path / "out", labels_csv=csv)
+        preprocess(_cfg(labels_from="csv"), [demo / "nifti"], tmp_path / "o2", labels_csv=csv)
 
 
 def test_labels_option_must_match_labels_from(demo, tmp_path):

@@ -453,3 +453,11 @@ def test_model_spacing_is_the_median_when_inputs_had_different_spacings(tmp_path
         w.add(np.zeros((3, 4, 4)), None, rows)
         w.meta["spacing"] = [2.0, 3.0]
     assert slice_spacing(SliceStore.open(tmp_path / "one")) == [2.0, 3.0]
+
+
+def test_a_fresh_run_refuses_an_existing_model(store: Path, tmp_path: Path) -> None:
+    train(tiny(steps=2), store, tmp_path / "m")
+    with pytest.raises(FileExistsError, match="--resume to continue it or --overwrite"):
+        train(tiny(steps=2), store, tmp_path / "m")
+    summary = train(tiny(steps=2, overwrite=True), store, tmp_path / "m")
+    assert summary["steps"] == 2
