@@ -7,7 +7,7 @@ one volume's processing (:func:`process_volume`), which the stage runs in worker
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from skimage.transform import resize
@@ -24,6 +24,7 @@ from augment.errors import InputError
 CT_AUTO_WINDOW = "abdomen"
 CT_BODY_HU = -500.0  # air is -1000 HU, fat about -100: above this is body
 AIR_HU = -500.0  # a volume whose 1st percentile lies below this is in Hounsfield units
+MAX_PIXEL_ASPECT = 20.0  # row vs column spacing: beyond this a header is damaged, not exotic
 
 
 def channel_kinds(volume: Volume) -> tuple[str, ...]:
@@ -223,6 +224,7 @@ class Slices:
         windows: per channel, the intensity window that was mapped to [-1, 1].
         kinds: per channel, "CT" or "MR" (:func:`channel_kinds`): what chose "auto" settings.
         channels: the channel names.
+        left_out: slices of the volume not kept, by reason (the body filter, no contrast).
     """
 
     images: np.ndarray
@@ -233,6 +235,7 @@ class Slices:
     windows: tuple[Window, ...]
     kinds: tuple[str, ...] = ("CT",)
     channels: tuple[str, ...] = ("CT",)
+    left_out: dict[str, int] = field(default_factory=dict)
 
 
 def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
@@ -248,6 +251,11 @@ def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
     chosen = [resolved(cfg, kind) for kind in kinds]
     # The body filter reads the first channel (CT, or the first MR sequence) for every channel.
     slices, spacing_hw = reslice(volume.image[0], volume.spacing, cfg.axis)
+    if max(spacing_hw) > MAX_PIXEL_ASPECT * min(spacing_hw):
+        raise InputError(
+            f"{volume.source}: expected roughly square pixels, got a spacing of "
+            f"{spacing_hw[0]:g} x {spacing_hw[1]:g} mm (a damaged header?)"
+        )
     threshold = body_threshold(volume.image[0], chosen[0])
     keep = np.flatnonzero(body_fraction(slices, threshold) >= cfg.min_body_fraction)
     if keep.size == 0:
@@ -263,10 +271,23 @@ def process_volume(volume: Volume, cfg: PreprocessConfig) -> Slices:
         unit = resize_slices(window.to_unit_range(planes[keep]), shape, is_mask=False)
         channels.append(np.clip(fit_square(unit, cfg.size, -1.0), -1.0, 1.0))  # (n, S, S)
     images = np.stack(channels, axis=1)  # (n, C, S, S)
+    # A slice of one value shows nothing (every pixel beyond the window, a scaling gone wrong):
+    # it is no training image, and a volume of nothing but such slices is no volume.
+    shows = np.ptp(images.reshape(len(images), -1), axis=1) > 0
+    if not shows.any():
+        raise InputError(
+            f"{volume.source}: expected contrast after windowing, got every slice of one value "
+            "(a constant volume, or a rescale slope or scaling that crushes it)"
+        )
+    flat = int(np.count_nonzero(~shows))
+    images, keep = images[shows], keep[shows]
     masks, lesion = None, np.zeros(keep.size, dtype=np.int64)
     if volume.mask is not None:
         mask_slices, _ = reslice(volume.mask, volume.spacing, cfg.axis)
         masks = fit_square(resize_slices(mask_slices[keep], shape, is_mask=True), cfg.size, 0)
         positive = masks if cfg.lesion_labels is None else np.isin(masks, cfg.lesion_labels)
         lesion = np.count_nonzero(positive, axis=(1, 2))
-    return Slices(images, masks, keep, lesion, spacing, windows, kinds, volume.channels)
+    below = int(slices.shape[0] - keep.size - flat)
+    left_out = {"below min_body_fraction": below, "one value after windowing": flat}
+    return Slices(images, masks, keep, lesion, spacing, windows, kinds, volume.channels,
+                  {k: n for k, n in left_out.items() if n})  # fmt: skip

@@ -69,6 +69,7 @@ class _Spooled:
 class _Run:
     jobs: list[Job] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    left_out: Counter[str] = field(default_factory=Counter)  # slices of read volumes, by reason
     formats: set[str] = field(default_factory=set)
     label_names: dict[str, int] | None = None
 
@@ -338,6 +339,7 @@ def _spool_all(
                 _skip(run, cfg, job.name, outcome.reason or "unreadable", job.files)
                 continue
             channels = channels or slices.channels  # the first volume names them
+            run.left_out.update(slices.left_out)
             spooled.append(_spool(slices, job, spool / str(outcome.job_index)))
             windows = windows or [set() for _ in channels]
             for seen, window in zip(windows, slices.windows, strict=True):
@@ -466,6 +468,7 @@ def _meta(
         "input_format": "+".join(sorted(run.formats)),
         "volumes_read": len(spooled),
         "files_skipped": sum(1 for s in run.skipped if s["input"] != "labels CSV"),
+        "slices_left_out": dict(sorted(run.left_out.items())),
         "patient_classes": dict(Counter(str(c) for c in patient_class.values())),
         "skipped": run.skipped,
         "params": cfg.model_dump(mode="json"),
@@ -479,6 +482,8 @@ def summary_table(meta: dict[str, Any]) -> Table:
     table.add_column("count", justify="right")
     table.add_row("volumes read", str(meta["volumes_read"]))
     table.add_row(f"  {meta['window_choice']}", "")
+    for reason, n in meta.get("slices_left_out", {}).items():
+        table.add_row(f"  slices left out: {reason}", str(n))
     table.add_row("input files skipped", str(meta["files_skipped"]))
     for reason, n in Counter(s["reason"] for s in meta["skipped"]).most_common():
         table.add_row(f"  {reason}", str(n))

@@ -10,6 +10,8 @@ in the package's canonical (Z, Y, X) orientation (see :mod:`augment.preprocessin
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
 
@@ -50,7 +52,12 @@ _DECODER_PACKAGES = {
     "1.2.840.10008.1.2.5": "pylibjpeg-rle",  # RLE
 }
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError)
+# pydicom raises these on damaged files besides its own InvalidDicomError: a value of the wrong
+# length, an unknown VR (NotImplementedError), a damaged deflated stream (zlib.error).
+_READ_ERRORS = (
+    OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+    OverflowError, BytesLengthException, NotImplementedError, zlib.error,
+)  # fmt: skip
 _PLAIN_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR LE
 _DEFER = 256  # bytes: values above this are not read while scanning
 _GAP_TOLERANCE = 0.1  # relative deviation of a slice step from the median step
@@ -161,7 +168,18 @@ def scan_file(path: Path) -> tuple[tuple[tuple[str, ...], str, FileInfo] | str, 
 
 # What pydicom and numpy raise on header values of the wrong count or type (an IOP of five
 # numbers, a non-numeric slope, ...): a reason to skip the file, never a crash of the run.
-MALFORMED = (ValueError, TypeError, IndexError, KeyError, AttributeError)
+MALFORMED = (
+    ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
+    BytesLengthException, NotImplementedError,
+)  # fmt: skip
+
+
+def library_text(exc: BaseException) -> str:
+    """A library's message, safe to record: its first sentence, with every quoted value
+    replaced (pydicom quotes header values, which may be a name or a birth date)."""
+    first = str(exc).split(" - ")[0].strip().splitlines()
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", first[0]) if first else ""
+    return text[:120] or type(exc).__name__
 
 
 def malformed(exc: BaseException) -> str:
@@ -363,13 +381,13 @@ def _pixels(ds: Dataset, name: str) -> np.ndarray:
             )
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise InputError(
-            f"{name}: expected grayscale pixels, got SamplesPerPixel={ds.SamplesPerPixel}"
+            f"{name}: expected grayscale pixels (SamplesPerPixel 1), got colour or malformed ones"
         )
     try:
         return ds.pixel_array
     except (*_READ_ERRORS, RuntimeError, NotImplementedError) as exc:
         # pydicom's first sentence says what is wrong; the rest is advice.
-        why = str(exc).split(" - ")[0].splitlines()[0][:120] if str(exc) else type(exc).__name__
+        why = library_text(exc)
         raise InputError(f"{name}: truncated or undecodable pixel data ({why})") from exc
 
 

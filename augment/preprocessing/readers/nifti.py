@@ -23,7 +23,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
-from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+from nibabel.orientations import (
+    OrientationError,
+    apply_orientation,
+    inv_ornt_aff,
+    io_orientation,
+)
+from nibabel.spatialimages import HeaderDataError
 
 from augment.config import PreprocessConfig
 from augment.contracts.volume import Volume
@@ -34,7 +40,9 @@ SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _LABEL_DIRS = {"imagesTr": "labelsTr", "imagesTs": "labelsTs"}
 # Errors nibabel, gzip and numpy raise on damaged files.
-_READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError)
+_READ_ERRORS = (
+    OSError, EOFError, zlib.error, ValueError, OverflowError, ImageFileError, HeaderDataError
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -236,9 +244,12 @@ def canonical_zyx(
         The (Z, Y, X) array (Z inferior to superior, Y anterior to posterior, X right to left)
         and its spacing (z, y, x) in mm.
     """
-    ornt = io_orientation(affine)
-    ras = apply_orientation(data, ornt)  # (R, A, S) axes, each increasing toward R, A, S
-    ras_affine = affine @ inv_ornt_aff(ornt, data.shape)
+    try:
+        ornt = io_orientation(affine)
+        ras = apply_orientation(data, ornt)  # (R, A, S) axes, each increasing toward R, A, S
+        ras_affine = affine @ inv_ornt_aff(ornt, data.shape)
+    except (OrientationError, ValueError, np.linalg.LinAlgError) as exc:
+        raise InputError(f"expected an affine with one axis per world direction ({exc})") from exc
     sx, sy, sz = np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0))
     zyx = ras.transpose(2, 1, 0)[:, ::-1, ::-1]  # (S, P, L)
     return np.ascontiguousarray(zyx), (float(sz), float(sy), float(sx))
@@ -390,8 +401,10 @@ def _read_mask(mask: Path, img: nib.Nifti1Image, shape: tuple[int, ...], name: s
 
 
 def _scrub(exc: BaseException, path: Path, name: str) -> str:
-    """The exception's text without the file's path or name (they may carry patient ids)."""
-    text = f"{type(exc).__name__}: {exc}"
+    """The exception's first line without the file's path or name (they may carry patient
+    ids); nibabel adds advice on further lines."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     for part in sorted({str(path), path.name, strip_suffix(path.name)}, key=len, reverse=True):
         if part:
             text = text.replace(part, name)
