@@ -48,6 +48,12 @@ def make_phantoms(cfg: PhantomsConfig, out: Path) -> dict[str, Any]:
         if "nifti" in cfg.formats:
             doc = dataset_json([p for p, _ in rows], cfg)
             (tmp / "nifti" / "dataset.json").write_text(json.dumps(doc, indent=2) + "\n")
+            # The Decathlon layout has imagesTs/ (nnU-Net's MSD converter asserts it); the note
+            # keeps the empty folder through git and DVC, which track files only.
+            (tmp / "nifti" / "imagesTs").mkdir()
+            (tmp / "nifti" / "imagesTs" / "README.txt").write_text(
+                "The phantoms have no test images: every case is in imagesTr/ (see dataset.json).\n"
+            )
         with open(tmp / "labels.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["patient", "class"])

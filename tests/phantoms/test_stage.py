@@ -77,6 +77,7 @@ def test_cli_writes_the_layout(tmp_path: Path) -> None:
     cases = sorted(p.name for p in (out / "nifti" / "imagesTr").iterdir())
     assert cases == [f"PHANTOM-{i:04d}.nii.gz" for i in range(4)]
     assert sorted(p.name for p in (out / "nifti" / "labelsTr").iterdir()) == cases
+    assert (out / "nifti" / "imagesTs").is_dir()  # the Decathlon layout, as nnU-Net expects
     doc = json.loads((out / "nifti" / "dataset.json").read_text())
     assert doc["modality"] == {"0": "CT"} and doc["labels"] == {"0": "background", "1": "lesion"}
     assert doc["numTraining"] == 4 and doc["tensorImageSize"] == "3D"
