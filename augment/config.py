@@ -197,7 +197,9 @@ class TrainConfig(_Section):
     balance_classes: bool = Field(True, description="draw every class equally often")
     seed: int = Field(0, ge=0)
     device: str = "auto"
-    threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch's default)")
+    threads: int = Field(
+        0, ge=0, le=256, description="torch CPU threads (0: the cores other processes leave free)"
+    )
     overwrite: bool = Field(False, description="replace a model already at --out (not resuming)")
     compile: bool = False
     log_every: int = Field(50, ge=1)

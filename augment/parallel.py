@@ -13,8 +13,10 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -25,6 +27,33 @@ def cpu_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def runnable_now() -> int | None:
+    """Runnable threads on the machine now (``/proc/loadavg``'s fourth field), or None."""
+    try:
+        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def idle_cores(samples: int = 5, interval: float = 0.05) -> int:
+    """Cores that other processes leave free now: all of them minus the threads others keep
+    runnable (the fewest over a few samples, so that a blip does not count), at least one.
+
+    On a shared 2-core machine two torch threads fall to half the speed of one when other work
+    holds the cores (docs/benchmarks.md), so a run takes only what is free when it starts.
+    """
+    counts = []
+    for k in range(samples):
+        count = runnable_now()
+        if count is None:
+            return cpu_cores()
+        counts.append(count)
+        if k + 1 < samples:
+            time.sleep(interval)
+    others = max(0, min(counts) - 1)  # this process's own thread is one of the runnable
+    return max(1, cpu_cores() - others)
 
 
 def worker_count(wanted: int, jobs: int | None = None) -> int:

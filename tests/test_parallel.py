@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from augment.parallel import cpu_cores, worker_count
+from augment import parallel
+from augment.parallel import cpu_cores, idle_cores, worker_count
 
 PARENT = """
 import os, sys, time
@@ -67,3 +68,16 @@ def test_worker_count() -> None:
     assert worker_count(0, jobs=1) == 1
     assert worker_count(8, jobs=3) == 3
     assert worker_count(2) == 2
+
+
+def test_idle_cores_leave_what_others_keep_busy(monkeypatch) -> None:
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 2)
+    readings = iter([1, 1, 3, 1, 1])  # this process alone, with one blip
+    monkeypatch.setattr(parallel, "runnable_now", lambda: next(readings))
+    assert idle_cores(interval=0) == 2
+    monkeypatch.setattr(parallel, "runnable_now", lambda: 3)  # two busy processes besides
+    assert idle_cores(interval=0) == 1
+    monkeypatch.setattr(parallel, "runnable_now", lambda: 9)
+    assert idle_cores(interval=0) == 1  # never none
+    monkeypatch.setattr(parallel, "runnable_now", lambda: None)  # no /proc/loadavg
+    assert idle_cores(interval=0) == 2

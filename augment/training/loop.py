@@ -100,7 +100,8 @@ class TrainingRun:
                 live.end()
         values = dict(zip(METRICS, last or [float("nan")] * len(METRICS), strict=True))
         return {"steps": final, "started_at": start, **values, "images_per_s": images_per_s,
-                "model_dir": str(self.out), "world_size": self.dd.world}  # fmt: skip
+                "model_dir": str(self.out), "world_size": self.dd.world,
+                "threads": torch.get_num_threads()}  # fmt: skip
 
     # -- pieces of the loop
 

@@ -28,6 +28,7 @@ from augment.contracts.slice_store import SliceStore
 from augment.errors import ConfigError, StoreError
 from augment.nets.dcgan import DCGANSpec
 from augment.nets.device import resolve_device
+from augment.parallel import idle_cores
 from augment.training.checkpoint import (
     check_resumable,
     load_checkpoint,
@@ -114,8 +115,8 @@ def train(
             good checkpoint is kept.
     """
     cfg = _dry_run(cfg) if dry_run else cfg
-    if cfg.threads:  # fewer threads than cores can be faster on a shared machine
-        torch.set_num_threads(cfg.threads)
+    # Fewer threads than cores is faster on a shared machine: auto (0) takes the free ones.
+    torch.set_num_threads(cfg.threads or idle_cores())
     dd = dist_setup(cfg.device)
     try:
         return _train(cfg, Path(data), Path(out), resume, dd)
