@@ -255,6 +255,19 @@ def sample(
         bool | None,
         typer.Option("--overwrite/--no-overwrite", help="Replace an existing output."),
     ] = None,
+    nnunet_raw: Annotated[
+        Path | None,
+        typer.Option(
+            "--nnunet-raw",
+            help="Write into DIR/Dataset<id>_<name> (your nnUNet_raw folder) instead of --out.",
+        ),
+    ] = None,
+    dataset_id: Annotated[
+        int | None, typer.Option("--dataset-id", help="nnU-Net dataset id (1-999).")
+    ] = None,
+    dataset_name: Annotated[
+        str | None, typer.Option("--dataset-name", help="nnU-Net dataset name.")
+    ] = None,
     params: ParamsOpt = None,
 ) -> None:
     """Sample a synthetic data set (nnU-Net layout by default) from a model directory.
@@ -268,10 +281,14 @@ def sample(
     cfg = _config(
         SampleConfig, "sample", params,
         n=n, format=fmt, class_ratio=ratio, seed=seed, batch_size=batch_size, device=device,
-        truncation=truncation, png_bits=png_bits, overwrite=overwrite,
+        truncation=truncation, png_bits=png_bits, overwrite=overwrite, dataset_id=dataset_id,
+        dataset_name=dataset_name,
     )  # fmt: skip
+    from augment.sampling.stage import nnunet_dataset_dir, summary_table
     from augment.sampling.stage import sample as run_sample
-    from augment.sampling.stage import summary_table
+
+    if nnunet_raw is not None:
+        out = _run(nnunet_dataset_dir, cfg, nnunet_raw)
 
     _show(summary_table(_run(run_sample, cfg, model, out, merge_with_real=merge_with_real)))
 

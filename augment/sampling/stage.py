@@ -42,6 +42,18 @@ from augment.sampling.merge import RealSet, read_real_set
 from augment.sampling.writer import write_samples
 
 
+def nnunet_dataset_dir(cfg: SampleConfig, raw: Path) -> Path:
+    """``raw/Dataset<id>_<name>``: where nnU-Net v2 looks for data set ``<id>`` in its
+    ``nnUNet_raw`` folder (``sample.dataset_id``, ``sample.dataset_name``).
+
+    Raises:
+        ConfigError: the format is not ``nnunet``.
+    """
+    if cfg.format != "nnunet":
+        raise ConfigError(f"--nnunet-raw: expected sample.format nnunet, got {cfg.format}")
+    return Path(raw) / f"Dataset{cfg.dataset_id:03d}_{cfg.dataset_name}"
+
+
 def sample(
     cfg: SampleConfig, model: Path, out: Path, merge_with_real: Path | None = None
 ) -> dict[str, Any]:

@@ -467,6 +467,18 @@ def test_cli_class_option_samples_that_class_only(tmp_path, model_dir):
     assert (load_synthetic(tmp_path / "syn").classes == 1).all()
 
 
+def test_cli_nnunet_raw_names_the_folder_as_nnunet_expects(tmp_path, model_dir):
+    raw = tmp_path / "nnUNet_raw"
+    more = ("--nnunet-raw", str(raw), "--dataset-id", "7", "--dataset-name", "LiverSyn")
+    result = CliRunner().invoke(app, _cli_args(tmp_path, model_dir, *more))
+    assert result.exit_code == 0, result.output
+    folder = raw / "Dataset007_LiverSyn"
+    assert json.loads((folder / "dataset.json").read_text())["name"] == "Dataset007_LiverSyn"
+    assert check_nnunet_dataset(folder) and not (tmp_path / "syn").exists()
+    png = CliRunner().invoke(app, _cli_args(tmp_path, model_dir, *more, "--format", "png"))
+    assert png.exit_code == 1 and "--nnunet-raw: expected sample.format nnunet" in png.output
+
+
 # --------------------------------------------------------------------------- merge with real
 
 
