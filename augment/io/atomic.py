@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def refuse_existing(target: Path, overwrite: bool) -> None:
+    """Stop before any work when ``target`` exists and may not be replaced.
+
+    Raises:
+        FileExistsError: ``target`` exists and ``overwrite`` is False.
+    """
+    if Path(target).exists() and not overwrite:
+        raise FileExistsError(
+            errno.EEXIST, "already exists (pass --overwrite to replace it)", str(target)
+        )
 
 
 @contextmanager
@@ -24,8 +37,7 @@ def atomic_dir(target: Path, overwrite: bool = True) -> Iterator[Path]:
         FileExistsError: ``target`` exists and ``overwrite`` is False.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target}: already exists (pass --overwrite to replace it)")
+    refuse_existing(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))

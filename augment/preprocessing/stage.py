@@ -16,7 +16,6 @@ folder or file name (which often carries a name or an id) reaches an output or a
 from __future__ import annotations
 
 import csv
-import errno
 import functools
 import os
 import shutil
@@ -35,7 +34,7 @@ from augment.config import PreprocessConfig
 from augment.contracts.slice_store import SPLITS, SliceStoreWriter
 from augment.contracts.window import PERCENTILE, Window
 from augment.errors import ConfigError, InputError
-from augment.io.atomic import remove_leftovers
+from augment.io.atomic import refuse_existing, remove_leftovers
 from augment.io.jsonfile import write_json
 from augment.preprocessing.arrays import Slices, resolved, split_patients
 from augment.preprocessing.privacy import (
@@ -100,10 +99,7 @@ def preprocess(
             ``cfg.strict``.
     """
     _check_labels_option(cfg, labels_csv)
-    if Path(out).exists() and not cfg.overwrite:  # dvc repro removes it first: only by hand
-        raise FileExistsError(
-            errno.EEXIST, "already exists (pass --overwrite to replace it)", str(out)
-        )
+    refuse_existing(out, cfg.overwrite)  # before any reading (dvc repro removes it first)
     key = load_key(key_file)
     with worker_pool(cfg.workers) as pool:
         run = _discover(inputs, cfg, key, pool_map(pool))

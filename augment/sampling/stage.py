@@ -20,7 +20,6 @@ names, the model's checksum).
 
 from __future__ import annotations
 
-import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from augment.contracts.model_dir import ModelInfo, load_generator
 from augment.contracts.synthetic_set import META
 from augment.contracts.window import Window
 from augment.errors import ConfigError, StoreError
-from augment.io.atomic import atomic_dir
+from augment.io.atomic import atomic_dir, refuse_existing
 from augment.nets.device import resolve_device
 from augment.sampling.draw import class_counts
 from augment.sampling.formats import FORMATS
@@ -78,10 +77,7 @@ def sample(
         OSError: writing failed (a full disk: ENOSPC); nothing partial is left.
     """
     out = Path(out)
-    if out.exists() and not cfg.overwrite:
-        raise FileExistsError(
-            errno.EEXIST, "already exists (pass --overwrite to replace it)", str(out)
-        )
+    refuse_existing(out, cfg.overwrite)  # before loading the model: fail fast
     generator, info = load_generator(Path(model), resolve_device(cfg.device))
     fmt = FORMATS.get(cfg.format)()
     _check_model(cfg, fmt, info, merge_with_real)
