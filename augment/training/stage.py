@@ -23,7 +23,7 @@ import torch.distributed as dist
 from rich.table import Table
 
 from augment.config import TrainConfig
-from augment.contracts.model_dir import CHECKPOINT_FILE, GENERATOR_FILE
+from augment.contracts.model_dir import CHECKPOINT_FILE, CONFIG_FILE, GENERATOR_FILE
 from augment.contracts.slice_store import SliceStore
 from augment.errors import ConfigError, StoreError
 from augment.nets.dcgan import DCGANSpec
@@ -39,6 +39,9 @@ from augment.training.ddp import DistInfo, dist_setup
 from augment.training.loop import METRICS, TrainingRun
 from augment.training.losses import LOSSES
 from augment.training.step import Trainer
+
+# What makes a directory a model: a fresh run refuses to replace these, and clears them.
+MODEL_FILES = (CHECKPOINT_FILE, GENERATOR_FILE, CONFIG_FILE)
 
 
 def _device(cfg: TrainConfig, d: DistInfo) -> torch.device:
@@ -88,7 +91,7 @@ def _clean(out: Path) -> None:
     """A fresh run must not leave a previous run's files to be mistaken for its own."""
     import shutil
 
-    for name in (CHECKPOINT_FILE, "generator.safetensors", "config.json", "samples.png"):
+    for name in (*MODEL_FILES, "samples.png"):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "live", ignore_errors=True)
 
@@ -127,7 +130,7 @@ def train(
 
 def _refuse_existing(cfg: TrainConfig, out: Path, resume: bool) -> None:
     """A fresh run does not silently replace a model (``dvc repro`` removes it first anyway)."""
-    kept = [n for n in (CHECKPOINT_FILE, GENERATOR_FILE, "config.json") if (out / n).exists()]
+    kept = [n for n in MODEL_FILES if (out / n).exists()]
     if kept and not resume and not cfg.overwrite:
         raise FileExistsError(
             errno.EEXIST,
