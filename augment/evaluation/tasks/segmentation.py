@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from augment.config import EvaluateConfig
 from augment.evaluation.tasks import augmentation
-from augment.evaluation.tasks.base import Schedule, fit
+from augment.evaluation.tasks.base import LAST, Schedule, fit
 from augment.nets.device import to_device
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def _predict(model: torch.nn.Module, images: np.ndarray, device: torch.device) -
     with torch.no_grad():
         for start in range(0, len(images), 128):
             x = torch.from_numpy(np.asarray(images[start : start + 128], np.float32))
-            x = x.to(device, memory_format=torch.channels_last)
+            x = x.to(device, memory_format=LAST)
             out.append(model(x).float().softmax(dim=1)[:, 1].cpu().numpy().astype(np.float16))
     return np.concatenate(out)  # (n, S, S) lesion probability
 
@@ -99,10 +99,7 @@ def train_segmenter(
     if train.masks is None or val.masks is None:
         raise ValueError("expected lesion masks for the segmentation task, got none")
     torch.manual_seed(seed)
-    # channels_last: 10-20% faster convolutions on the CPU
-    model = to_device(
-        build_unet(train.images.shape[1], cfg.unet_width), device, torch.channels_last
-    )
+    model = to_device(build_unet(train.images.shape[1], cfg.unet_width), device, LAST)
     gen = torch.Generator().manual_seed(seed)
     x_all = torch.from_numpy(np.asarray(train.images, np.float32))
     y_all = torch.from_numpy(np.asarray(train.masks > 0, np.int64))
@@ -116,7 +113,7 @@ def train_segmenter(
         moves = augmentation.draw(len(idx), gen)
         x, y = augmentation.apply(x_all[idx], moves), augmentation.apply_to_mask(y_all[idx], moves)
         x = extra(x) if extra else x  # (B, C, S, S)
-        return _dice_ce(model(x.to(device, memory_format=torch.channels_last)), y.to(device))
+        return _dice_ce(model(x.to(device, memory_format=LAST)), y.to(device))
 
     def val_score() -> float:
         # The best pooled Dice over the thresholds calibration may choose (not a fixed 0.5,
