@@ -365,9 +365,18 @@ def _spool_all(
     )
     metas = [_window_meta(c, w) for c, w in zip(chosen, windows, strict=True)]
     return spooled, {
-        "window": metas[0], "windows": metas, "channels": list(channels),
+        "window": metas[0], "windows": metas, "channels": _named(channels, per_channel),
         "modality": modality, "choice": choice,
     }  # fmt: skip
+
+
+def _named(channels: tuple[str, ...], kinds: tuple[str, ...]) -> list[str]:
+    """The store's channel names: a channel nothing named ("OT": no DICOM Modality, no
+    dataset.json) is called after its kind, "CT" or "image", as nnU-Net's channel_names say."""
+    return [
+        name if name.upper() not in ("", "OT") else ("CT" if kind == "CT" else "image")
+        for name, kind in zip(channels, kinds, strict=True)
+    ]
 
 
 def _spool(slices: Slices, job: Job, path: Path) -> _Spooled:

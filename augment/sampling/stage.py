@@ -97,7 +97,7 @@ def sample(
         )
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         run = SampleRun(cfg, info, window, tmp, max(6, len(str(cfg.n - 1))), windows=windows,
-                        channels=names if names and names != ("OT",) else ())  # fmt: skip
+                        channels=names)  # fmt: skip
         write_samples(run, fmt, generator, counts)
         _write_meta(run, counts, real)
         fmt.finish(run, real)

@@ -306,9 +306,10 @@ def test_mr_gets_percentiles_and_its_own_body_filter(tmp_path):
 
 def test_modality_from_the_intensities_when_nothing_says(demo, tmp_path):
     meta = preprocess(_cfg(), [_mr_set(tmp_path / "mr", channel_name=None)], tmp_path / "a")
-    assert meta["modality"] == "MR"
+    assert meta["modality"] == "MR" and meta["channels"] == ["image"]  # unnamed: by its kind
     meta = preprocess(_cfg(), [demo / "nifti"], tmp_path / "b")  # air at -1000: CT
     assert meta["modality"] == "CT" and meta["window"]["kind"] == "abdomen"
+    assert meta["channels"] == ["CT"]
     assert meta["window_choice"] == "CT: window abdomen (auto), body above -500 (auto)"
 
 
