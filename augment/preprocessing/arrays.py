@@ -233,8 +233,8 @@ class Slices:
     lesion_pixels: np.ndarray
     spacing: tuple[float, float]
     windows: tuple[Window, ...]
-    kinds: tuple[str, ...] = ("CT",)
-    channels: tuple[str, ...] = ("CT",)
+    kinds: tuple[str, ...]
+    channels: tuple[str, ...]
     left_out: dict[str, int] = field(default_factory=dict)
 
 

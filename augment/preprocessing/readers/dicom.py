@@ -385,7 +385,7 @@ def _pixels(ds: Dataset, name: str) -> np.ndarray:
         )
     try:
         return ds.pixel_array
-    except (*_READ_ERRORS, RuntimeError, NotImplementedError) as exc:
+    except (*_READ_ERRORS, RuntimeError) as exc:
         # pydicom's first sentence says what is wrong; the rest is advice.
         why = library_text(exc)
         raise InputError(f"{name}: truncated or undecodable pixel data ({why})") from exc
