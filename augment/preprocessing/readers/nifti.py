@@ -56,7 +56,7 @@ class NiftiCase:
         case: the case name (file name without extension and nnU-Net channel suffix); it is
             the raw patient id, so it must never be written out as it is.
         root: the input root the files were found under.
-        modality: from ``dataset.json`` (:func:`read_modality`), channel 0's.
+        modality: from ``dataset.json`` (:func:`_modality`), channel 0's.
         channel_ids: the nnU-Net channel number of each of ``images``.
         declared: the channel names ``dataset.json`` declares (empty: it does not say).
     """
@@ -181,10 +181,10 @@ def _dataset_json(root: Path) -> dict | None:
     return None
 
 
-def read_channel_names(root: Path) -> tuple[str, ...]:
-    """The channel names ``dataset.json`` declares (Decathlon ``modality``, nnU-Net v2
+def _channel_names(meta: dict | None) -> tuple[str, ...]:
+    """The channel names a ``dataset.json`` declares (Decathlon ``modality``, nnU-Net v2
     ``channel_names``: ``{"0": "T1", "1": "FLAIR"}``), in channel order; () when it does not."""
-    meta = _dataset_json(root) or {}
+    meta = meta or {}
     names = meta.get("channel_names") or meta.get("modality") or {}
     if not isinstance(names, dict):
         return ()
@@ -197,10 +197,9 @@ def read_channel_names(root: Path) -> tuple[str, ...]:
     return tuple(v for _, v in ordered)
 
 
-def read_modality(root: Path) -> str:
-    """Channel 0's modality from ``dataset.json``: ``"CT"``, ``"MR"`` for any other name (T1,
-    FLAIR, ... are in arbitrary units, like MR), or ``"OT"`` when it does not say."""
-    names = read_channel_names(root)
+def _modality(names: tuple[str, ...]) -> str:
+    """Channel 0's modality from the declared channel names: ``"CT"``, ``"MR"`` for any other
+    name (T1, FLAIR, ... are in arbitrary units, like MR), or ``"OT"`` when none is declared."""
     if not names:
         return "OT"
     return "CT" if names[0].upper() == "CT" else "MR"
@@ -212,7 +211,10 @@ def read_label_names(root: Path) -> dict[str, int] | None:
     Returns:
         ``{"background": 0, "lesion": 1, ...}``, or None when there is no readable file.
     """
-    meta = _dataset_json(root)
+    return _labels(_dataset_json(root))
+
+
+def _labels(meta: dict | None) -> dict[str, int] | None:
     if meta is None:
         return None
     try:
@@ -420,7 +422,9 @@ class NiftiReader:
     def discover(
         self, root: Path, cfg: PreprocessConfig, name_of: Namer, map_fn: MapFn
     ) -> Discovery:
-        modality, declared = read_modality(root), read_channel_names(root)
+        meta = _dataset_json(root)  # read once: channel names, modality, label names
+        declared = _channel_names(meta)
+        modality = _modality(declared)
         cases = [
             replace(c, modality=modality, declared=declared)
             for c in find_cases(root, cfg.mask_pattern)
@@ -431,7 +435,7 @@ class NiftiReader:
             )
             for c in cases
         ]
-        return Discovery(found, label_names=read_label_names(root))
+        return Discovery(found, label_names=_labels(meta))
 
     def read(
         self, item: object, patient: str, source: str, name_of: Namer, cfg: PreprocessConfig
