@@ -203,6 +203,14 @@ def train(
         bool | None,
         typer.Option("--overwrite/--no-overwrite", help="Replace a model at --out (no resume)."),
     ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="Train in a folder here and move the model to --out when done; an interrupted "
+            "run of the same data and settings resumes from it (dvc.yaml: a persisted output).",
+        ),
+    ] = None,
     params: ParamsOpt = None,
 ) -> None:
     """Train the DCGAN on the train split of a SliceStore.
@@ -217,7 +225,7 @@ def train(
     from augment.training.stage import summary_table
     from augment.training.stage import train as run_train
 
-    summary = _run(run_train, cfg, data, out, resume=resume, dry_run=dry_run)
+    summary = _run(run_train, cfg, data, out, resume=resume, dry_run=dry_run, state_dir=state_dir)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the first process only
         _show(summary_table(summary))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +21,20 @@ if TYPE_CHECKING:
 # Options that may differ between a run and its resumption; any other change is a new run.
 RESUMABLE_CHANGES = frozenset(
     {"steps", "log_every", "sample_every", "checkpoint_every", "device", "threads", "compile",
-     "divergence_patience"}
+     "divergence_patience", "overwrite"}
 )  # fmt: skip
+
+
+def run_key(cfg: TrainConfig, fingerprint: str, world: int) -> str:
+    """What makes two runs the same run: the data, the processes and every non-resumable option.
+
+    An interrupted run's state is kept under this key (``train --state-dir``), so a rerun picks it
+    up only when it would have trained the same model; ``steps`` and the other resumable options
+    may change in between.
+    """
+    fixed = {k: v for k, v in cfg.model_dump().items() if k not in RESUMABLE_CHANGES}
+    text = json.dumps({"config": fixed, "data": fingerprint, "world": world}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def rng_state(data_rng: torch.Generator) -> dict[str, Any]:

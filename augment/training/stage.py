@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import errno
 import random
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from augment.parallel import idle_cores
 from augment.training.checkpoint import (
     check_resumable,
     load_checkpoint,
+    run_key,
     set_rng_state,
 )
 from augment.training.data import DataInfo, TrainData, batches, load_train_data
@@ -42,6 +45,13 @@ from augment.training.step import Trainer
 
 # What makes a directory a model: a fresh run refuses to replace these, and clears them.
 MODEL_FILES = (CHECKPOINT_FILE, GENERATOR_FILE, CONFIG_FILE)
+# What a run writes into its directory: moved from the state directory to --out when it ends.
+RUN_OUTPUTS = (*MODEL_FILES, "samples.png", "live")
+STATE_README = """\
+Interrupted training runs of `augment train --state-dir` (one folder per run: its data and
+configuration), picked up by the next run of the same configuration on the same data and removed
+when that run finishes. Deleting this folder only loses unfinished work.
+"""
 
 
 def _device(cfg: TrainConfig, d: DistInfo) -> torch.device:
@@ -89,15 +99,20 @@ def _spec(cfg: TrainConfig, store: SliceStore, data: TrainData, info: DataInfo) 
 
 def _clean(out: Path) -> None:
     """A fresh run must not leave a previous run's files to be mistaken for its own."""
-    import shutil
-
-    for name in (*MODEL_FILES, "samples.png"):
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "live", ignore_errors=True)
+    for name in RUN_OUTPUTS:
+        if name == "live":
+            shutil.rmtree(out / name, ignore_errors=True)
+        else:
+            (out / name).unlink(missing_ok=True)
 
 
 def train(
-    cfg: TrainConfig, data: Path, out: Path, resume: bool = False, dry_run: bool = False
+    cfg: TrainConfig,
+    data: Path,
+    out: Path,
+    resume: bool = False,
+    dry_run: bool = False,
+    state_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train the DCGAN on the train split of a SliceStore and write the model directory.
 
@@ -107,6 +122,9 @@ def train(
         out: the model directory (created; a fresh run replaces a previous run's files).
         resume: continue from ``out/checkpoint.pt`` (same config but ``steps``, same data).
         dry_run: a few tiny steps end to end, for smoke tests.
+        state_dir: train in ``state_dir/<run key>`` and move the finished model to ``out``; a
+            run interrupted there (a killed ``dvc repro``) is resumed by the next run with the
+            same data and configuration (see :func:`~augment.training.checkpoint.run_key`).
 
     Returns:
         Summary: steps, final losses, images per second, model directory.
@@ -122,7 +140,8 @@ def train(
     torch.set_num_threads(cfg.threads or idle_cores())
     dd = dist_setup(cfg.device)
     try:
-        return _train(cfg, Path(data), Path(out), resume, dd)
+        state = Path(state_dir) if state_dir is not None and not resume else None
+        return _train(cfg, Path(data), Path(out), resume, dd, state)
     finally:
         if dd.owned:
             dist.destroy_process_group()
@@ -140,11 +159,42 @@ def _refuse_existing(cfg: TrainConfig, out: Path, resume: bool) -> None:
         )
 
 
-def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, dd: DistInfo) -> dict:
+def _work_dir(cfg: TrainConfig, out: Path, state: Path | None, info: DataInfo, world: int) -> Path:
+    """Where the run writes: ``out``, or its own folder of the persisted state directory."""
+    if state is None:
+        return out
+    return state / run_key(cfg, info.fingerprint, world)
+
+
+def _interrupted(work: Path) -> bool:
+    """An unfinished run of this configuration on this data left a checkpoint here."""
+    if not (work / CHECKPOINT_FILE).is_file():
+        return False
+    step = load_checkpoint(work / CHECKPOINT_FILE).get("step", "?")
+    print(f"train: resuming the interrupted run in {work} from step {step}", file=sys.stderr)
+    return True
+
+
+def _move_outputs(work: Path, out: Path, state: Path) -> None:
+    """Hand the finished run over to ``out`` and forget its state (a rename on one disk)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _clean(out)
+    for name in RUN_OUTPUTS:
+        if (work / name).exists():
+            shutil.move(work / name, out / name)
+    shutil.rmtree(work)
+    (state / "README.txt").write_text(STATE_README)  # DVC wants the persisted output to exist
+
+
+def _train(
+    cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, dd: DistInfo, keep: Path | None
+) -> dict:
     _refuse_existing(cfg, out, resume)
     device = _device(cfg, dd)
     store = SliceStore.open(data_dir)
     host_data, info = load_train_data(store, cfg)
+    final_out, out = out, _work_dir(cfg, out, keep, info, dd.world)
+    resume = resume or (keep is not None and _interrupted(out))
     spec = _spec(cfg, store, host_data, info)
     if cfg.compile and LOSSES.get(cfg.loss).gradient_penalty:
         raise ConfigError(
@@ -171,7 +221,14 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, dd: DistIn
     if dd.world > 1:
         dist.barrier()
     run = TrainingRun(cfg, spec, trainer, data, info, store, out, dd, data_rng)
-    return run.loop(batches(data, cfg, device, data_rng), resume)
+    summary = run.loop(batches(data, cfg, device, data_rng), resume)
+    if keep is not None:
+        if dd.world > 1:
+            dist.barrier()  # every process is done with the state folder
+        if dd.main:
+            _move_outputs(out, final_out, keep)
+        summary["model_dir"] = str(final_out)
+    return summary
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

@@ -140,7 +140,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_matches_uninterrupted(store: Path, tmp_path: Path, monkeypatch) -> None:
-    cfg = tiny(steps=6, checkpoint_every=3, diffaug=["translation", "cutout", "color"])
+    # one thread: auto picks the idle cores, which may differ between the two runs (other sums)
+    cfg = tiny(steps=6, checkpoint_every=3, diffaug=["translation", "cutout", "color"], threads=1)
     train(cfg, store, tmp_path / "full")
 
     real_step, calls = Trainer.step, {"n": 0}
@@ -166,6 +167,43 @@ def test_resume_matches_uninterrupted(store: Path, tmp_path: Path, monkeypatch) 
     g_resumed = load_generator(tmp_path / "resumed")[0].state_dict()
     for k in g_full:
         assert torch.equal(g_full[k], g_resumed[k]), k
+
+
+def test_state_dir_resumes_an_interrupted_run_by_itself(
+    store: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A killed run in --state-dir is picked up by a plain rerun; the result is the same model."""
+    cfg = tiny(steps=6, checkpoint_every=3, threads=1)  # one thread: the same sums every run
+    train(cfg, store, tmp_path / "full")
+    state, out = tmp_path / "state", tmp_path / "model"
+    real_step, calls = Trainer.step, {"n": 0}
+
+    def killed(self, next_batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(self, next_batch)
+
+    monkeypatch.setattr(Trainer, "step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, store, out, state_dir=state)
+    assert not out.exists()  # nothing half-made where the model goes (DVC deletes it anyway)
+    (kept,) = [p for p in state.iterdir() if p.is_dir()]
+    assert load_checkpoint(kept / CHECKPOINT_FILE)["step"] == 3
+    monkeypatch.setattr(Trainer, "step", real_step)
+    # another configuration is another run: it neither resumes nor touches the kept state
+    other = train(tiny(steps=2, lr_g=1e-3, threads=1), store, tmp_path / "o", state_dir=state)
+    assert other["started_at"] == 0 and kept.is_dir()
+    summary = train(cfg, store, out, state_dir=state)
+    assert summary["started_at"] == 3 and summary["steps"] == 6
+    assert summary["model_dir"] == str(out)
+    assert not kept.exists() and (state / "README.txt").is_file()
+    for name in (GENERATOR_FILE, CONFIG_FILE, CHECKPOINT_FILE, "samples.png"):
+        assert (out / name).is_file(), name
+    assert (out / "live" / "plots" / "metrics").is_dir()
+    full, resumed = _weights(tmp_path / "full"), _weights(out)
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
 
 
 def test_resume_extends_steps(store: Path, tmp_path: Path) -> None:
