@@ -257,7 +257,10 @@ def sample(
     ] = None,
     merge_with_real: Annotated[
         Path | None,
-        typer.Option("--merge-with-real", help="nnU-Net raw data set to merge the samples into."),
+        typer.Option(
+            "--merge-with-real",
+            help="Real data set to merge the samples into: nnU-Net v2 raw or Decathlon (MSD).",
+        ),
     ] = None,
     overwrite: Annotated[
         bool | None,

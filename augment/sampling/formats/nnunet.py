@@ -34,7 +34,7 @@ from augment.sampling.formats.base import SampleFormat, SampleRun, meta_windows
 from augment.sampling.merge import (
     NIFTI_ENDING,
     RealSet,
-    link_or_copy,
+    place_case_files,
     real_folds,
     write_json_with_list,
 )
@@ -168,7 +168,7 @@ def _write_dataset_json(run: SampleRun, real: RealSet | None) -> None:
         head["channel_names"] = channels
         head["numTraining"] = len(real.cases) + n
         head["numSynthetic"] = n
-        _link_real(real, run.root, len(run.channels))
+        _link_real(real, run.root)
         entries = [_entry(c, len(run.channels)) for c in real.cases]
         _write_splits(run, real)
     head.pop("training", None)
@@ -194,12 +194,9 @@ def _entry(case: str, channels: int) -> dict[str, Any]:
     }
 
 
-def _link_real(real: RealSet, root: Path, channels: int) -> None:
+def _link_real(real: RealSet, root: Path) -> None:
     for case in real.cases:
-        names = [("imagesTr", f"{case}_{c:04d}") for c in range(channels)] + [("labelsTr", case)]
-        for sub, name in names:
-            file = f"{name}{NIFTI_ENDING}"
-            link_or_copy(real.root / sub / file, root / sub / file)
+        place_case_files(real, case, root / "imagesTr", root / "labelsTr")
 
 
 def _write_splits(run: SampleRun, real: RealSet) -> None:
