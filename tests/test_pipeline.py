@@ -149,7 +149,7 @@ def test_pipeline_template_runs_on_phantoms_in_its_layout(tmp_path, template, la
     _sh(root, "dvc", "init", "-q")
     _sh(root, "augment", "phantoms", "--out", str(raw), *tiny)  # no params.yaml here: defaults
     assert (raw / layout).is_dir()
-    output = _sh(root, "dvc", "repro", f"{template}/dvc.yaml")
+    output = _sh(root / template, "dvc", "repro")  # the template is a DVC subrepo
     assert _ran(output) == ["preprocess", "train", "sample", "evaluate"]
     metrics = json.loads((root / template / "reports" / "metrics.json").read_text())
     assert metrics
