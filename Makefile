@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.augment-installed
 
-.PHONY: setup demo test test-slow test-gpu lint bench clean-demo
+.PHONY: setup setup-nnunet demo test test-slow test-gpu lint bench clean-demo
 
 setup: $(STAMP)
 
@@ -33,8 +33,23 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+# nnU-Net v2 in an environment of its own, as users keep it: the slow tests run its dataset checks
+# on what `augment sample` writes. Its own dependencies pull PyPI's torchvision, which does not
+# import beside a CPU build of torch, so it stays out of $(VENV).
+NNUNET_VENV ?= .venv-nnunet
+NNUNET_STAMP = $(NNUNET_VENV)/.nnunet-installed
+
+setup-nnunet: $(NNUNET_STAMP)
+
+$(NNUNET_STAMP):
+	test -x $(NNUNET_VENV)/bin/python || $(PYTHON) -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/python -m pip install --quiet --upgrade pip
+	if [ -n "$(TORCH)" ]; then $(NNUNET_VENV)/bin/python -m pip install --quiet "$(TORCH)"; fi
+	$(NNUNET_VENV)/bin/python -m pip install --quiet "nnunetv2>=2.5" $(if $(TORCH),"$(TORCH)",)
+	touch $@
+
+test-slow: setup setup-nnunet
+	AUGMENT_NNUNET_BIN="$(abspath $(NNUNET_VENV))/bin" $(BIN)/python -m pytest -q -m slow
 
 test-gpu: setup
 	$(BIN)/python -m pytest -q -m gpu

@@ -191,14 +191,22 @@ def _msd_entry(root: Path, path: Path, entry: object) -> tuple[Path, Path]:
     return image, label
 
 
-def _msd_channels(image: Path, channels: int) -> tuple[tuple[Path, int | None], ...]:
-    """One source per channel: the file itself (3D), or each index of its 4th axis (4D)."""
+def _load_nifti(path: Path) -> Any:
+    """A NIfTI image (nibabel's Nifti1Image or Nifti2Image), or one clear line."""
     import nibabel as nib
 
     try:
-        shape = nib.load(image).shape
+        img = nib.load(path)
     except Exception as exc:  # nibabel raises several types for damaged headers
-        raise InputError(f"{image}: unreadable NIfTI header ({type(exc).__name__})") from None
+        raise InputError(f"{path}: unreadable NIfTI header ({type(exc).__name__})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{path}: expected a NIfTI image, got {type(img).__name__}")
+    return img
+
+
+def _msd_channels(image: Path, channels: int) -> tuple[tuple[Path, int | None], ...]:
+    """One source per channel: the file itself (3D), or each index of its 4th axis (4D)."""
+    shape = _load_nifti(image).shape
     if len(shape) == 3 and channels == 1:
         return ((image, None),)
     if len(shape) == 4 and shape[3] == channels:
@@ -223,7 +231,7 @@ def place_case_files(real: RealSet, case: str, images: Path, labels: Path) -> No
         if index is None:
             link_or_copy(src, dst)
             continue
-        img = nib.load(src)
+        img = _load_nifti(src)
         header = img.header.copy()
         header.set_data_shape(img.shape[:3])
         data = np.asanyarray(img.dataobj[..., index])
