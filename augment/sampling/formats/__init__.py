@@ -26,7 +26,7 @@ FORMATS: Registry[type[SampleFormat]] = Registry(
         "npz": Entry("augment.sampling.formats.npz:NpzFormat", "one numpy samples.npz"),
         "dicom": Entry(
             "augment.sampling.formats.dicom:DicomFormat",
-            "DICOM Secondary Capture, marked synthetic in its tags",
+            "DICOM Secondary Capture images marked synthetic, masks as DICOM SEG (highdicom)",
         ),
     },
 )
