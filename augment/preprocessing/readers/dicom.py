@@ -2,18 +2,21 @@
 
 :func:`scan_dicom` reads the headers under a root, skips what is not an image volume (with a
 reason) and groups the rest into series by SeriesInstanceUID and orientation; an enhanced
-multi-frame file is a series of its own. :func:`read_series` reads one series: slices are
-ordered by ImagePositionPatient projected on the slice normal (never by InstanceNumber or file
-name), the modality LUT / rescale is applied, MONOCHROME1 is inverted, and the volume is laid out
-in the package's canonical (Z, Y, X) orientation (see :mod:`augment.preprocessing.readers.nifti`).
+multi-frame file is a series of its own. DICOM SEG and RTSTRUCT files are paired with the series
+they refer to (see :mod:`augment.preprocessing.readers.dicom_masks`). :func:`read_series` reads
+one series: slices are ordered by ImagePositionPatient projected on the slice normal (never by
+InstanceNumber or file name), the modality LUT / rescale is applied, MONOCHROME1 is inverted, and
+the volume, with its mask, is laid out in the package's canonical (Z, Y, X) orientation (see
+:mod:`augment.preprocessing.readers.nifti`).
 """
 
 from __future__ import annotations
 
 import re
+import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +32,22 @@ from augment.contracts.volume import Volume
 from augment.errors import InputError
 from augment.preprocessing.privacy import captured_warnings, reemit
 from augment.preprocessing.readers.base import Discovery, Found, MapFn, Namer
+from augment.preprocessing.readers.dicom_masks import (
+    KINDS,
+    Grid,
+    MaskRef,
+    error_name,
+    mask_ref,
+    match_masks,
+    read_masks,
+)
 from augment.preprocessing.readers.nifti import canonical_zyx
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 NON_IMAGE = {
     "SR": "structured report (SR)",
-    "RTSTRUCT": "RT structure set (RTSTRUCT)",
     "RTPLAN": "RT plan (RTPLAN)",
     "RTDOSE": "RT dose grid (RTDOSE)",
-    "SEG": "segmentation object (SEG)",
     "PR": "presentation state (PR)",
     "KO": "key object selection (KO)",
     "REG": "registration object (REG)",
@@ -53,10 +63,11 @@ _DECODER_PACKAGES = {
 }
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # pydicom raises these on damaged files besides its own InvalidDicomError: a value of the wrong
-# length, an unknown VR (NotImplementedError), a damaged deflated stream (zlib.error).
+# length, an unknown VR (NotImplementedError), a damaged deflated stream (zlib.error), a file
+# that ends inside an element's length (struct.error).
 _READ_ERRORS = (
     OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
-    OverflowError, BytesLengthException, NotImplementedError, zlib.error,
+    OverflowError, BytesLengthException, NotImplementedError, zlib.error, struct.error,
 )  # fmt: skip
 _PLAIN_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR LE
 _DEFER = 256  # bytes: values above this are not read while scanning
@@ -82,6 +93,8 @@ class FileInfo:
     geometry: tuple[float, ...] = ()
     modality: str = "OT"
     monochrome1: bool = False
+    sop_uid: str = ""
+    series_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,8 @@ class Series:
         root: the input root the files were found under.
         key: what grouped the files (series UID and orientation): an identifier too.
         infos: per file, what the scan learnt (same order as ``files``).
+        masks: the SEG and RTSTRUCT files that refer to the series (merged when several).
+        label_ids: mask label id of each segment or ROI name (over the input root).
     """
 
     files: tuple[Path, ...]
@@ -101,12 +116,24 @@ class Series:
     root: Path
     key: tuple[str, ...]
     infos: tuple[FileInfo, ...] = ()
+    masks: tuple[MaskRef, ...] = ()
+    label_ids: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def series_uid(self) -> str:
+        return self.infos[0].series_uid if self.infos else ""
+
+    @property
+    def instances(self) -> frozenset[str]:
+        """The SOPInstanceUIDs of the series' files."""
+        return frozenset(i.sop_uid for i in self.infos if i.sop_uid)
 
 
 @dataclass
 class _Frame:
     position: np.ndarray  # (3,) ImagePositionPatient, LPS mm
     pixels: np.ndarray  # (R, C) physical units
+    sop: str = ""  # SOPInstanceUID of a single-frame file ('' in a multi-frame one)
 
 
 # ImageType values whose pixels are not one plane of a volume: a localizer, a projection (MIP)
@@ -118,7 +145,8 @@ _NOT_A_PLANE = {"LOCALIZER": "localizer (scout)", "PROJECTION": "projection (MIP
 def scan_dicom(
     root: Path, name_of: Callable[[Path], str] = str, map_fn: MapFn = map
 ) -> tuple[list[Series], list[tuple[str, str]]]:
-    """Group the DICOM files under ``root`` into series, skipping what is not an image volume.
+    """Group the DICOM files under ``root`` into series, skipping what is not an image volume,
+    and pair SEG and RTSTRUCT files with the series they refer to.
 
     Args:
         root: a folder (searched recursively) or a single file.
@@ -127,13 +155,17 @@ def scan_dicom(
 
     Returns:
         The series, in a fixed order (by their first file), and ``(name, reason)`` for each
-        skipped file.
+        skipped file (a mask whose series is not in the input among them).
+
+    Raises:
+        InputError: the masks name more segments or ROIs than a uint8 mask can number.
     """
     root = Path(root)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     files = [p for p in files if not p.name.startswith(".")]
     groups: dict[tuple[str, ...], list[FileInfo]] = {}
     patients: dict[tuple[str, ...], str] = {}
+    masks: list[MaskRef] = []
     skipped: list[tuple[str, str]] = []
     for path, (result, warned) in zip(files, map_fn(scan_file, files), strict=True):
         reemit(name_of(path), warned)
@@ -141,24 +173,36 @@ def scan_dicom(
             skipped.append((name_of(path), result))
             continue
         key, patient, info = result
+        if isinstance(info, MaskRef):
+            masks.append(info)
+            continue
         groups.setdefault(key, []).append(info)
         patients.setdefault(key, patient)
     series = [
         Series(tuple(i.path for i in infos), patients[k], root, k, tuple(infos))
         for k, infos in groups.items()
     ]
-    return sorted(series, key=lambda s: s.files[0]), skipped
+    series = sorted(series, key=lambda s: s.files[0])
+    paired, unmatched, ids = match_masks([(s.series_uid, s.instances) for s in series], masks)
+    skipped.extend((name_of(m.path), reason) for m, reason in unmatched)
+    labels = tuple(ids.items())
+    series = [replace(s, masks=m, label_ids=labels) for s, m in zip(series, paired, strict=True)]
+    return series, skipped
 
 
-def scan_file(path: Path) -> tuple[tuple[tuple[str, ...], str, FileInfo] | str, list[str]]:
-    """Series key, raw patient id and file info of one file, or why it is skipped (a string);
-    with the library warnings its header raised (kinds only: see ``captured_warnings``).
+_Scanned = tuple[tuple[str, ...], str, FileInfo | MaskRef]
+
+
+def scan_file(path: Path) -> tuple[_Scanned | str, list[str]]:
+    """Series key, raw patient id and file info (or mask reference) of one file, or why it is
+    skipped (a string); with the library warnings its header raised (kinds only: see
+    ``captured_warnings``).
 
     A module-level function so that a process pool can run it.
     """
     with captured_warnings() as warned:
         try:
-            result: tuple[tuple[str, ...], str, FileInfo] | str = _classify(path)
+            result: _Scanned | str = _classify(path)
         except InputError as exc:
             result = str(exc).removeprefix(f"{path}: ")
         except MALFORMED as exc:
@@ -187,13 +231,15 @@ def malformed(exc: BaseException) -> str:
     return f"malformed or inconsistent DICOM header values ({type(exc).__name__})"
 
 
-def _classify(path: Path) -> tuple[tuple[str, ...], str, FileInfo]:
+def _classify(path: Path) -> _Scanned:
     name = str(path)
     ds = _read_header(path, name)
     sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if sop_class == DICOMDIR_CLASS or path.name.upper() == "DICOMDIR":
         raise InputError(f"{name}: DICOMDIR (an index of files, not an image)")
     modality = str(ds.get("Modality", "")).upper()
+    if modality in KINDS:
+        return ("mask", str(path)), "", mask_ref(ds, path, name)
     if modality in NON_IMAGE:
         raise InputError(f"{name}: {NON_IMAGE[modality]}, not an image")
     if not any(tag in ds for tag in _PIXEL_TAGS):
@@ -207,8 +253,10 @@ def _classify(path: Path) -> tuple[tuple[str, ...], str, FileInfo]:
     patient = str(ds.get("PatientID", "") or ds.get("StudyInstanceUID", "")).strip()
     if not patient:
         raise InputError(f"{name}: expected a PatientID or StudyInstanceUID, got neither")
+    sop, series = str(ds.get("SOPInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
     if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
-        return ("frames", str(ds.get("SOPInstanceUID", path))), patient, FileInfo(path)
+        info = FileInfo(path, sop_uid=sop, series_uid=series)
+        return ("frames", str(ds.get("SOPInstanceUID", path))), patient, info
     iop = ds.get("ImageOrientationPatient")
     if iop is None or ds.get("ImagePositionPatient") is None:
         raise InputError(
@@ -217,7 +265,7 @@ def _classify(path: Path) -> tuple[tuple[str, ...], str, FileInfo]:
         )
     orientation = ",".join(f"{float(v):.3f}" for v in iop)
     key = ("series", str(ds.get("SeriesInstanceUID", "")), orientation)
-    return key, patient, _file_info(path, ds)
+    return key, patient, replace(_file_info(path, ds), sop_uid=sop, series_uid=series)
 
 
 def _file_info(path: Path, ds: Dataset) -> FileInfo:
@@ -261,7 +309,7 @@ def _read_header(path: Path, name: str) -> Dataset:
     except InvalidDicomError:
         return _read_without_preamble(path, name, defer_size=_DEFER)
     except _READ_ERRORS as exc:
-        raise InputError(f"{name}: unreadable DICOM header ({type(exc).__name__})") from exc
+        raise InputError(f"{name}: unreadable DICOM header ({error_name(exc)})") from exc
 
 
 def _read_without_preamble(path: Path, name: str, defer_size: int | None = None) -> Dataset:
@@ -276,19 +324,25 @@ def _read_without_preamble(path: Path, name: str, defer_size: int | None = None)
 
 
 def read_series(
-    series: Series, patient: str, source: str, name_of: Callable[[Path], str] = str
+    series: Series,
+    patient: str,
+    source: str,
+    name_of: Callable[[Path], str] = str,
+    lesion_labels: list[int] | None = None,
 ) -> Volume:
-    """Read one series into a canonical Volume.
+    """Read one series, with the union of its masks, into a canonical Volume.
 
     Args:
         series: from :func:`scan_dicom`.
         patient: the pseudonymised patient id to store in the Volume.
         source: the (pseudonymised) source to store in the Volume.
         name_of: how messages name a file.
+        lesion_labels: label ids drawn over the others where masks overlap.
 
     Raises:
         InputError: undecodable or truncated pixel data, mixed shapes, duplicate slice
-            positions or gaps, several orientations.
+            positions or gaps, several orientations; a mask that refers to an image not in the
+            series or does not fit its grid.
     """
     name = name_of(series.files[0])
     frames: list[_Frame] = []
@@ -297,7 +351,8 @@ def read_series(
     infos = series.infos or tuple(FileInfo(p) for p in series.files)
     for info in infos:
         if info.offset is not None:
-            frames.append(_Frame(np.array(info.position), _plain_pixels(info, name_of(info.path))))
+            pixels = _plain_pixels(info, name_of(info.path))
+            frames.append(_Frame(np.array(info.position), pixels, info.sop_uid))
             geometry.add(info.geometry)
             modality, monochrome1 = info.modality, info.monochrome1
             continue
@@ -310,10 +365,17 @@ def read_series(
         monochrome1 = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     if len(geometry) > 1:
         raise InputError(f"{name}: expected one orientation and pixel spacing, got {len(geometry)}")
-    image, spacing = _assemble(frames, next(iter(geometry)), name)
+    data, grid, affine = _assemble(frames, next(iter(geometry)), name, series.instances)
+    image, spacing = canonical_zyx(data.transpose(2, 1, 0), affine)
     if monochrome1:  # higher values mean darker: turn them so that higher means brighter
         image = image.min() + image.max() - image
-    return Volume(image=image, spacing=spacing, patient=patient, source=source, modality=modality)
+    mask = None
+    if series.masks:  # drawn in the series' slice order, then turned like the image
+        labels = dict(series.label_ids)
+        stack = read_masks(series.masks, series.series_uid, grid, labels, lesion_labels, name_of)
+        mask, _ = canonical_zyx(stack.transpose(2, 1, 0), affine)
+    return Volume(image=image.astype(np.float32, copy=False), spacing=spacing, patient=patient,
+                  source=source, modality=modality, mask=mask)  # fmt: skip
 
 
 def _has_pixel_tag(path: Path) -> bool:
@@ -333,9 +395,7 @@ def _read_full(path: Path, name: str) -> Dataset:
     except InvalidDicomError:
         return _read_without_preamble(path, name)
     except _READ_ERRORS as exc:
-        raise InputError(
-            f"{name}: truncated or unreadable DICOM file ({type(exc).__name__})"
-        ) from exc
+        raise InputError(f"{name}: truncated or unreadable DICOM file ({error_name(exc)})") from exc
 
 
 def _plain_pixels(info: FileInfo, name: str) -> np.ndarray:
@@ -399,7 +459,7 @@ def _frames(ds: Dataset, pixels: np.ndarray, name: str) -> tuple[list[_Frame], t
         raise InputError(f"{name}: expected per-frame positions in a multi-frame file, got none")
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
     position = np.array([float(v) for v in ds.ImagePositionPatient])
-    return [_Frame(position, values)], _geometry(
+    return [_Frame(position, values, str(ds.get("SOPInstanceUID", "")))], _geometry(
         ds.ImageOrientationPatient, ds.get("PixelSpacing"), ds
     )
 
@@ -466,8 +526,10 @@ def _optional_group(group: Dataset, shared: Dataset, keyword: str) -> Dataset | 
 
 
 def _assemble(
-    frames: list[_Frame], geometry: tuple[float, ...], name: str
-) -> tuple[np.ndarray, tuple[float, float, float]]:
+    frames: list[_Frame], geometry: tuple[float, ...], name: str, instances: frozenset[str]
+) -> tuple[np.ndarray, Grid, np.ndarray]:
+    """The slices stacked in position order (K, R, C), their grid, and the affine from the
+    stack's (column, row, slice) indices to RAS (what :func:`canonical_zyx` takes)."""
     shapes = sorted({f.pixels.shape for f in frames})
     if len(shapes) > 1:
         got = " and ".join("x".join(map(str, s)) for s in shapes)
@@ -495,8 +557,17 @@ def _assemble(
     affine[:3, 2] = normal * step
     affine[:3, 3] = frames[order[0]].position
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM's LPS -> RAS
-    zyx, spacing = canonical_zyx(data.transpose(2, 1, 0), affine)
-    return zyx.astype(np.float32, copy=False), spacing
+    grid = Grid(
+        positions=np.stack([frames[i].position for i in order]),
+        sops=tuple(frames[i].sop for i in order),
+        instances=instances,
+        row_dir=row_dir,
+        col_dir=col_dir,
+        spacing=(geometry[6], geometry[7]),
+        shape=(data.shape[1], data.shape[2]),
+        step=step,
+    )
+    return data, grid, affine
 
 
 def _slice_step(proj: np.ndarray, name: str) -> float:
@@ -529,13 +600,17 @@ class DicomReader:
         self, root: Path, cfg: PreprocessConfig, name_of: Namer, map_fn: MapFn
     ) -> Discovery:
         series, skipped = scan_dicom(root, name_of, map_fn)
-        # DICOM SEG and RTSTRUCT masks are not read yet: a series never brings a mask.
-        found = [Found(s, s.raw_patient, s.files[0], False, s.files) for s in series]
-        return Discovery(found, skipped)
+        found = [
+            Found(s, s.raw_patient, s.files[0], bool(s.masks),
+                  (*s.files, *(m.path for m in s.masks)))
+            for s in series
+        ]  # fmt: skip
+        ids = dict(series[0].label_ids) if series else {}
+        return Discovery(found, skipped, {"background": 0, **ids} if ids else None)
 
     def read(
         self, item: object, patient: str, source: str, name_of: Namer, cfg: PreprocessConfig
     ) -> Volume:
         if not isinstance(item, Series):
             raise TypeError(f"expected a DICOM Series, got {type(item).__name__}")
-        return read_series(item, patient, source, name_of)
+        return read_series(item, patient, source, name_of, cfg.lesion_labels)
