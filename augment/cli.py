@@ -182,6 +182,68 @@ def preprocess(
 
 
 @app.command()
+def check(
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Input roots: DICOM or NIfTI, as --input.", metavar="INPUT"),
+    ] = None,
+    more: Annotated[
+        list[Path] | None, typer.Option("--input", "-i", help="Input root (repeatable).")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="CSV of patient,class (labels_from: csv).")
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option("--key-file", help="Secret key for pseudonyms (default: see docs)."),
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Slice size S (32, 64, 128, 256).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel volume readers.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the patient split.")] = None,
+    labels_from: Annotated[
+        str | None, typer.Option("--labels-from", help="Slice classes from 'mask' or 'csv'.")
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Input format: auto, or " + READERS.help())
+    ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option("--estimate/--no-estimate", help="Time a few DCGAN steps (train section)."),
+    ] = True,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report here as JSON.")
+    ] = None,
+    params: ParamsOpt = None,
+) -> None:
+    """What preprocess would read, skip and store, and train's time; writes nothing.
+
+    Exits 1 when no input is readable (after listing every skipped file and why).
+
+    Example: augment check data/phantoms/nifti --size 64
+    """
+    roots = [*(inputs or []), *(more or [])]
+    if not roots:
+        raise _fail("check: expected an INPUT folder or file (or --input), got none")
+    cfg = _config(
+        PreprocessConfig, "preprocess", params,
+        size=size, workers=workers, seed=seed, labels_from=labels_from, format=fmt,
+    )  # fmt: skip
+    train_cfg = _config(TrainConfig, "train", params) if estimate else None
+    from augment.preprocessing.check import NothingToStore, summary
+    from augment.preprocessing.check import check as run_check
+
+    def check_and_show() -> None:
+        try:
+            report = run_check(cfg, roots, labels, key_file, train_cfg, json_out)
+        except NothingToStore as exc:  # show every skipped file, then fail in one line
+            _show(summary(exc.report))
+            raise
+        _show(summary(report))
+
+    _run(check_and_show)
+
+
+@app.command()
 def train(
     data: Annotated[Path, typer.Option("--data", help="SliceStore directory.")] = Path(
         "data/slices"

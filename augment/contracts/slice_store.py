@@ -211,7 +211,7 @@ class SliceStoreWriter:
             writer.writerows(self._rows)
         self.meta.setdefault("size", self.size)
         self.meta["n_slices"] = self._n
-        self.meta["counts"] = _counts(self._rows)
+        self.meta["counts"] = slice_counts(self._rows)
         (self._dir / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
 
 
@@ -226,7 +226,7 @@ def _raw_to_npy(raw: Path, npy: Path, dtype: type, shape: tuple[int, ...]) -> No
     raw.unlink()
 
 
-def _counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def slice_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     slices = Counter((r["split"], int(r["label"])) for r in rows)
     patients = {s: len({r["patient"] for r in rows if r["split"] == s}) for s in SPLITS}
     per_split = {s: {str(c): n for (sp, c), n in sorted(slices.items()) if sp == s} for s in SPLITS}

@@ -16,11 +16,13 @@ folder or file name (which often carries a name or an id) reaches an output or a
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +57,12 @@ from augment.preprocessing.workers import Job, outcomes, pool_map, worker_pool
 
 @dataclass
 class _Spooled:
+    """One read volume: what its slices' rows need; its pixels are in ``path`` (None: kept
+    nowhere, as ``augment check`` counts without storing)."""
+
     patient: str
     source: str
-    path: Path
+    path: Path | None
     z: np.ndarray
     lesion_pixels: np.ndarray
     has_mask: bool
@@ -71,6 +76,35 @@ class _Run:
     left_out: Counter[str] = field(default_factory=Counter)  # slices of read volumes, by reason
     formats: set[str] = field(default_factory=set)
     label_names: dict[str, int] | None = None
+    classes: dict[str, int] | None = None  # pseudonym -> class id, from a labels CSV
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the read volumes go in the store: each patient's split and class, and masks."""
+
+    splits: dict[str, str]
+    patient_class: dict[str, int]
+    with_masks: bool
+
+
+Keep = Callable[[Slices, Job, int], _Spooled]  # what to do with a read volume's slices
+
+
+class NothingReadable(InputError):
+    """No volume to store: none found, or every one skipped (``run.skipped`` says why)."""
+
+    def __init__(self, inputs: list[Path], run: _Run) -> None:
+        self.run = run
+        where = ", ".join(str(p) for p in inputs) or "(no --input)"
+        if not run.skipped:
+            super().__init__(f"{where}: expected DICOM or NIfTI volumes, got none")
+            return
+        reasons = Counter(s["reason"] for s in run.skipped).most_common(3)
+        listed = "; ".join(f"{n} x {r}" for r, n in reasons)
+        super().__init__(
+            f"{where}: expected readable volumes, got none ({len(run.skipped)} skipped: {listed})"
+        )
 
 
 def preprocess(
@@ -98,41 +132,90 @@ def preprocess(
         InputError: no input, nothing readable, a bad labels CSV, or any bad input with
             ``cfg.strict``.
     """
-    _check_labels_option(cfg, labels_csv)
+    check_labels_option(cfg, labels_csv)
     refuse_existing(out, cfg.overwrite)  # before any reading (dvc repro removes it first)
     key = load_key(key_file)
+    out = Path(out)
     with worker_pool(cfg.workers) as pool:
-        run = _discover(inputs, cfg, key, pool_map(pool))
-        if not run.jobs:
-            raise _nothing_readable(inputs, run, out)
-        if is_public_key(key):
-            check_public_key_use(run.jobs)
-        _check_lesion_labels(cfg, run.label_names)
-        classes = _read_classes(labels_csv, cfg, key) if labels_csv is not None else None
-        if classes is not None:
-            run.jobs = _drop_unlabelled(run, classes)
-            if not run.jobs:
-                raise _nothing_readable(inputs, run, out)
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(out)  # spools and partial stores of dead runs
-        spool = Path(
-            tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-spool-", dir=out.parent)
-        )
         try:
-            spooled, imaging = _spool_all(run, cfg, spool, pool)
-            if not spooled:
-                raise _nothing_readable(inputs, run, out)
-            if classes is not None:
-                _check_csv_patients(classes, spooled, run, cfg)
-            meta = _write_store(cfg, out, run, spooled, classes, imaging)
-            skipped_record(out).unlink(missing_ok=True)  # an earlier failed run's record
-        finally:
-            shutil.rmtree(spool, ignore_errors=True)
+            run = plan_inputs(inputs, cfg, key, labels_csv, pool_map(pool))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(out)  # spools and partial stores of dead runs
+            spool = Path(
+                tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-spool-", dir=out.parent)
+            )
+            try:
+                keep = functools.partial(_spool, spool)
+                spooled, imaging = read_volumes(inputs, run, cfg, pool, keep)
+                meta = _write_store(cfg, out, run, spooled, imaging)
+                skipped_record(out).unlink(missing_ok=True)  # an earlier failed run's record
+            finally:
+                shutil.rmtree(spool, ignore_errors=True)
+        except NothingReadable as exc:
+            raise _nothing_readable(exc, out) from None
     return meta
 
 
-def _check_labels_option(cfg: PreprocessConfig, labels_csv: Path | None) -> None:
+def plan_inputs(
+    inputs: list[Path],
+    cfg: PreprocessConfig,
+    key: bytes,
+    labels_csv: Path | None = None,
+    map_fn: MapFn = map,
+) -> _Run:
+    """What preprocess decides before reading a volume: the jobs in store order, with their
+    pseudonymised names, the inputs skipped so far, and the classes of a labels CSV.
+
+    Raises:
+        NothingReadable: no volume found, or none with a class in the labels CSV.
+        ConfigError: masks with several foreground labels and no ``lesion_labels``.
+        InputError: a public key on real data, a bad labels CSV, or a bad input with strict.
+    """
+    run = _discover(inputs, cfg, key, map_fn)
+    if not run.jobs:
+        raise NothingReadable(inputs, run)
+    if is_public_key(key):
+        check_public_key_use(run.jobs)
+    _check_lesion_labels(cfg, run.label_names)
+    if labels_csv is not None:
+        run.classes = _read_classes(labels_csv, cfg, key)
+        run.jobs = _drop_unlabelled(run, run.classes)
+        if not run.jobs:
+            raise NothingReadable(inputs, run)
+    return run
+
+
+def read_volumes(
+    inputs: list[Path],
+    run: _Run,
+    cfg: PreprocessConfig,
+    pool: ProcessPoolExecutor | None,
+    keep: Keep,
+) -> tuple[list[_Spooled], dict[str, Any]]:
+    """Read and process every planned volume, handing each one's slices to ``keep``.
+
+    Returns:
+        What ``keep`` returned per volume kept, and the window, modality and choice text.
+
+    Raises:
+        NothingReadable: every volume was skipped.
+        InputError: CT and other modalities mixed, or a bad input with strict.
+    """
+    spooled, imaging = _spool_all(run, cfg, pool, keep)
+    if not spooled:
+        raise NothingReadable(inputs, run)
+    if run.classes is not None:
+        _check_csv_patients(run.classes, spooled, run, cfg)
+    return spooled, imaging
+
+
+def check_labels_option(cfg: PreprocessConfig, labels_csv: Path | None) -> None:
+    """Refuse a labels CSV that ``labels_from`` does not ask for, or its absence where it does.
+
+    Raises:
+        ConfigError: ``labels_from`` and ``labels_csv`` disagree, or mask labels with other
+            than 2 class names.
+    """
     if cfg.labels_from == "csv" and labels_csv is None:
         raise ConfigError("preprocess.labels_from is 'csv': expected --labels FILE, got none")
     if cfg.labels_from == "mask" and labels_csv is not None:
@@ -230,21 +313,15 @@ def skipped_record(out: Path) -> Path:
     return out.with_name(f"{out.name}.skipped.json")
 
 
-def _nothing_readable(inputs: list[Path], run: _Run, out: Path) -> InputError:
+def _nothing_readable(exc: NothingReadable, out: Path) -> InputError:
     """The error of a run with nothing to store, after recording every skipped input and why
     (by keyed token) in :func:`skipped_record`, since no ``meta.json`` will hold them."""
-    where = ", ".join(str(p) for p in inputs) or "(no --input)"
-    if not run.skipped:
-        return InputError(f"{where}: expected DICOM or NIfTI volumes, got none")
+    if not exc.run.skipped:
+        return exc
     record = skipped_record(Path(out))
     record.parent.mkdir(parents=True, exist_ok=True)
-    write_json(record, {"volumes_stored": 0, "skipped": run.skipped})
-    reasons = Counter(s["reason"] for s in run.skipped).most_common(3)
-    listed = "; ".join(f"{n} x {r}" for r, n in reasons)
-    return InputError(
-        f"{where}: expected readable volumes, got none ({len(run.skipped)} skipped: {listed}); "
-        f"every skipped input with its reason: {record}"
-    )
+    write_json(record, {"volumes_stored": 0, "skipped": exc.run.skipped})
+    return InputError(f"{exc}; every skipped input with its reason: {record}")
 
 
 def _read_classes(path: Path, cfg: PreprocessConfig, key: bytes) -> dict[str, int]:
@@ -303,9 +380,10 @@ def _check_csv_patients(
 
 
 def _spool_all(
-    run: _Run, cfg: PreprocessConfig, spool: Path, pool: ProcessPoolExecutor | None
+    run: _Run, cfg: PreprocessConfig, pool: ProcessPoolExecutor | None, keep: Keep
 ) -> tuple[list[_Spooled], dict[str, Any]]:
-    """Process every job, keeping each volume's slices in ``spool`` until the split is known.
+    """Process every job, handing each volume's slices to ``keep`` (preprocess: into a spool
+    until the split is known).
 
     Returns:
         The spooled volumes, and the window, modality and choice text for ``meta.json``.
@@ -336,7 +414,7 @@ def _spool_all(
                 continue
             channels = channels or slices.channels  # the first volume names them
             run.left_out.update(slices.left_out)
-            spooled.append(_spool(slices, job, spool / str(outcome.job_index)))
+            spooled.append(keep(slices, job, outcome.job_index))
             windows = windows or [set() for _ in channels]
             for seen, window in zip(windows, slices.windows, strict=True):
                 seen.add(window)
@@ -379,15 +457,21 @@ def _named(channels: tuple[str, ...], kinds: tuple[str, ...]) -> list[str]:
     ]
 
 
-def _spool(slices: Slices, job: Job, path: Path) -> _Spooled:
+def described(slices: Slices, job: Job, _index: int = 0) -> _Spooled:
+    """A read volume's rows without its pixels (a :data:`Keep` that stores nothing)."""
+    return _Spooled(
+        job.patient, job.source, None, slices.z, slices.lesion_pixels,
+        slices.masks is not None, slices.spacing,
+    )  # fmt: skip
+
+
+def _spool(spool: Path, slices: Slices, job: Job, index: int) -> _Spooled:
     # Plain .npy files: no zip and no CRC to compute, the spool lives only for this run.
+    path = spool / str(index)
     np.save(path.with_suffix(".images.npy"), slices.images.astype(np.float16))
     if slices.masks is not None:
         np.save(path.with_suffix(".masks.npy"), slices.masks)
-    return _Spooled(
-        job.patient, job.source, path, slices.z, slices.lesion_pixels,
-        slices.masks is not None, slices.spacing,
-    )  # fmt: skip
+    return dataclasses.replace(described(slices, job), path=path)
 
 
 def _window_meta(cfg: PreprocessConfig, windows: set[Window]) -> dict[str, Any]:
@@ -405,31 +489,46 @@ def _slice_labels(
     return (entry.lesion_pixels >= cfg.min_lesion_pixels).astype(np.int64)
 
 
-def _write_store(
-    cfg: PreprocessConfig,
-    out: Path,
-    run: _Run,
-    spooled: list[_Spooled],
-    classes: dict[str, int] | None,
-    imaging: dict[str, Any],
-) -> dict[str, Any]:
+def store_layout(
+    cfg: PreprocessConfig, spooled: list[_Spooled], classes: dict[str, int] | None
+) -> Layout:
+    """Each patient's class (its highest slice class) and split, and whether masks are kept
+    (only when every volume has one)."""
     patient_class: dict[str, int] = {}
     for entry in spooled:
         top = int(_slice_labels(entry, cfg, classes).max(initial=0))
         patient_class[entry.patient] = max(patient_class.get(entry.patient, 0), top)
     splits = split_patients(patient_class, cfg.split, cfg.seed)
-    with_masks = all(e.has_mask for e in spooled)
+    return Layout(splits, patient_class, all(e.has_mask for e in spooled))
+
+
+def store_rows(
+    cfg: PreprocessConfig, entry: _Spooled, layout: Layout, classes: dict[str, int] | None
+) -> list[dict[str, Any]]:
+    """The ``slices.csv`` rows of one read volume."""
+    labels = _slice_labels(entry, cfg, classes)
+    split = layout.splits[entry.patient]
+    triples = zip(entry.z, labels, entry.lesion_pixels, strict=True)
+    return [_row(entry, int(z), int(c), split, layout.with_masks, int(n)) for z, c, n in triples]
+
+
+def _write_store(
+    cfg: PreprocessConfig,
+    out: Path,
+    run: _Run,
+    spooled: list[_Spooled],
+    imaging: dict[str, Any],
+) -> dict[str, Any]:
+    layout = store_layout(cfg, spooled, run.classes)
+    with_masks = layout.with_masks
     channels = len(imaging["channels"])
     with SliceStoreWriter(out, cfg.size, with_masks, channels, overwrite=cfg.overwrite) as writer:
         for entry in spooled:
+            assert entry.path is not None  # preprocess spools every volume
             images = np.load(entry.path.with_suffix(".images.npy"))
             masks = np.load(entry.path.with_suffix(".masks.npy")) if with_masks else None
-            labels = _slice_labels(entry, cfg, classes)
-            split = splits[entry.patient]
-            triples = zip(entry.z, labels, entry.lesion_pixels, strict=True)
-            rows = [_row(entry, int(z), int(c), split, with_masks, int(n)) for z, c, n in triples]
-            writer.add(images, masks, rows)
-        writer.meta.update(_meta(cfg, run, spooled, imaging, with_masks, patient_class))
+            writer.add(images, masks, store_rows(cfg, entry, layout, run.classes))
+        writer.meta.update(store_meta(cfg, run, spooled, imaging, layout))
     return dict(writer.meta)
 
 
@@ -445,15 +544,16 @@ def _row(
     return row
 
 
-def _meta(
+def store_meta(
     cfg: PreprocessConfig,
     run: _Run,
     spooled: list[_Spooled],
     imaging: dict[str, Any],
-    with_masks: bool,
-    patient_class: dict[str, int],
+    layout: Layout,
 ) -> dict[str, Any]:
-    """``meta.json``: ``imaging`` holds the window, the modality and how they were chosen."""
+    """``meta.json`` but for what the writer adds (``n_slices``, ``counts``); ``imaging``
+    holds the window, the modality and how they were chosen."""
+    with_masks, patient_class = layout.with_masks, layout.patient_class
     spacings = sorted({e.spacing for e in spooled})
     label_ids = run.label_names or {"background": 0, "lesion": 1}
     return {

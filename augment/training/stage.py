@@ -54,7 +54,7 @@ when that run finishes. Deleting this folder only loses unfinished work.
 """
 
 
-def _device(cfg: TrainConfig, d: DistInfo) -> torch.device:
+def training_device(cfg: TrainConfig, d: DistInfo) -> torch.device:
     device = resolve_device(cfg.device)
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
@@ -190,7 +190,7 @@ def _train(
     cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, dd: DistInfo, keep: Path | None
 ) -> dict:
     _refuse_existing(cfg, out, resume)
-    device = _device(cfg, dd)
+    device = training_device(cfg, dd)
     store = SliceStore.open(data_dir)
     host_data, info = load_train_data(store, cfg)
     final_out, out = out, _work_dir(cfg, out, keep, info, dd.world)
