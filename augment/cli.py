@@ -382,6 +382,34 @@ def _parse_ratio(text: str) -> dict[str, float]:
 
 
 @app.command()
+def export(
+    model: Annotated[Path, typer.Option("--model", help="Model directory.")] = Path("models/dcgan"),
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path(
+        "models/dcgan-bundle"
+    ),
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Export format: monai-bundle (configs/metadata.json, configs/inference.json "
+            "that samples N slices, models/model.pt; MONAI's bundle tools verify and run it).",
+        ),
+    ] = "monai-bundle",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing output.")
+    ] = False,
+) -> None:
+    """Export a trained model directory for other tools (a MONAI bundle).
+
+    Example: augment export --model models/dcgan --out models/dcgan-bundle --format monai-bundle
+    """
+    from augment.export import export as run_export
+
+    summary = _run(run_export, model, out, fmt, overwrite)
+    typer.echo(f"{summary['format']} -> {summary['out']}: {', '.join(summary['files'])}")
+
+
+@app.command()
 def evaluate(
     data: Annotated[Path, typer.Option("--data", help="SliceStore directory.")] = Path(
         "data/slices"
