@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from augment import __version__
 from augment.config import (
@@ -29,7 +30,24 @@ from augment.preprocessing.readers import READERS
 from augment.sampling.formats import FORMATS
 from augment.training.losses import LOSSES
 
+
+class _Group(TyperGroup):
+    """Typer's command group, adding to every option's help its ``params.yaml`` key and default.
+
+    Options are grouped in the help: those a ``params.yaml`` section holds ("Settings"), and the
+    paths and run options that live on the command line only.
+    """
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and cmd_name in SECTIONS and not getattr(cmd, "_keys_shown", False):
+            _show_keys(cmd, *SECTIONS[cmd_name])
+            setattr(cmd, "_keys_shown", True)  # noqa: B010 - typer's Command has no such field
+        return cmd
+
+
 app = typer.Typer(
+    cls=_Group,
     name="augment",
     help="Synthetic training data for medical imaging: preprocess, train, sample, evaluate.",
     no_args_is_help=True,
@@ -46,6 +64,34 @@ ParamsOpt = Annotated[
     ),
 ]
 DEFAULT_PARAMS = Path("params.yaml")
+# The params.yaml section each command reads, and its config model.
+SECTIONS: dict[str, tuple[str, Any]] = {
+    "phantoms": ("phantoms", PhantomsConfig),
+    "check": ("preprocess", PreprocessConfig),
+    "preprocess": ("preprocess", PreprocessConfig),
+    "train": ("train", TrainConfig),
+    "sample": ("sample", SampleConfig),
+    "evaluate": ("evaluate", EvaluateConfig),
+}
+_KEY_OF = {"fmt": "format", "classes": "class_ratio"}  # option names that differ from their key
+
+
+def _show_keys(cmd: Any, section: str, model: Any) -> None:
+    """Append each option's params.yaml key and default to its help, and group the options."""
+    for param in cmd.params:  # typer's click (vendored in typer >= 0.2x): options by their kind
+        if param.param_type_name != "option" or param.name in (None, "params", "help"):
+            continue
+        key = _KEY_OF.get(param.name, param.name)
+        field = model.model_fields.get(key)
+        if field is None:
+            param.rich_help_panel = "Paths and run"
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = "none" if default is None else default
+        param.help = f"{param.help or ''} (params.yaml: {section}.{key}; default: {shown})"
+        param.rich_help_panel = f"Settings (params.yaml section {section})"
+
+
 _state: dict[str, bool] = {"debug": False}
 
 
@@ -162,6 +208,19 @@ def preprocess(
     fmt: Annotated[
         str | None, typer.Option("--format", help="Input format: auto, or " + READERS.help())
     ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            help="Intensity window: auto, abdomen, lung, brain, bone or percentile "
+            "(a center/width of your own: params.yaml)."
+        ),
+    ] = None,
+    lesion_labels: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--lesion-labels", help="Mask label id that makes a slice a lesion slice (repeat)."
+        ),
+    ] = None,
     params: ParamsOpt = None,
 ) -> None:
     """Turn DICOM series and NIfTI volumes into a patient-split SliceStore.
@@ -171,7 +230,7 @@ def preprocess(
     cfg = _config(
         PreprocessConfig, "preprocess", params,
         size=size, workers=workers, strict=strict, seed=seed, labels_from=labels_from,
-        format=fmt, overwrite=overwrite,
+        format=fmt, overwrite=overwrite, window=window, lesion_labels=lesion_labels or None,
     )  # fmt: skip
     from augment.preprocessing.stage import preprocess as run_preprocess
     from augment.preprocessing.stage import summary_table

@@ -381,9 +381,21 @@ def load(cls: type[C], section: str, params: Path, overrides: dict[str, Any] | N
         raise ConfigError(_describe(exc, params, section, set(given))) from exc
 
 
+_TYPE_NAMES = {"int", "float", "str", "bool", "list", "dict", "none", "tuple"}
+
+
+def _is_type_tag(part: object) -> bool:
+    """pydantic names the member of a union in ``loc`` ("literal['auto',...]", "WindowConfig",
+    "float"): a type, not a key the user wrote."""
+    if isinstance(part, int):
+        return False
+    text = str(part)
+    return text in _TYPE_NAMES or not text.isidentifier() or not text.islower()
+
+
 def _describe(exc: ValidationError, params: Path, section: str, options: set[str]) -> str:
     err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
+    loc = [str(p) for p in err["loc"] if not _is_type_tag(p)]
     key = ".".join([section, *loc])
     # Blame the source of the value: a command-line option, or the params file.
     option = f"--{loc[0].replace('_', '-')} ({key})" if loc and loc[0] in options else ""

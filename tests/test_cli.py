@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,41 @@ def test_full_disk_and_read_only_output_are_one_clear_line(monkeypatch, tmp_path
     assert result.exit_code == 1
     (line,) = result.output.strip().splitlines()  # one line, no traceback
     assert line.startswith("error: ") and says in line
+
+
+@pytest.mark.parametrize(
+    "stage", ["phantoms", "preprocess", "check", "train", "sample", "evaluate"]
+)
+def test_every_setting_shows_its_params_key_and_default(stage):
+    from augment.cli import SECTIONS
+
+    section, model = SECTIONS[stage]
+    result = CliRunner().invoke(app, [stage, "-h"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    shown = re.findall(rf"\(params\.yaml: {section}\.(\w+); default: ([^)]*)\)", text)
+    assert len(shown) >= 4, text
+    for key, default in shown:
+        expected = model.model_fields[key].get_default(call_default_factory=True)
+        assert default.strip() == ("none" if expected is None else str(expected)), key
+    assert f"Settings (params.yaml section {section})" in text
+    assert "Paths and run" in text or stage == "phantoms"
+
+
+def test_window_and_lesion_labels_options_reach_the_config(monkeypatch, tmp_path):
+    import augment.preprocessing.stage as stage
+
+    seen = {}
+
+    def fake(cfg, *args, **kwargs):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(stage, "preprocess", fake)
+    args = ["preprocess", "-i", str(tmp_path), "--window", "lung", "--lesion-labels", "2",
+            "--lesion-labels", "3", "--params", os.devnull]  # fmt: skip
+    CliRunner().invoke(app, args)
+    assert seen["cfg"].window == "lung" and seen["cfg"].lesion_labels == [2, 3]
+    bad = CliRunner().invoke(app, ["preprocess", "-i", str(tmp_path), "--window", "liver"])
+    assert bad.exit_code == 1
+    assert "--window (preprocess.window)" in bad.output and "liver" in bad.output
