@@ -400,6 +400,14 @@ def sample(
     dataset_name: Annotated[
         str | None, typer.Option("--dataset-name", help="nnU-Net dataset name.")
     ] = None,
+    accept: Annotated[
+        str | None,
+        typer.Option(
+            "--accept",
+            help="all (default), or consistent: keep only samples whose mask agrees with "
+            "their class, redrawing up to 20x n; the acceptance rate is reported.",
+        ),
+    ] = None,
     params: ParamsOpt = None,
 ) -> None:
     """Sample a synthetic data set (nnU-Net layout by default) from a model directory.
@@ -414,7 +422,7 @@ def sample(
         SampleConfig, "sample", params,
         n=n, format=fmt, class_ratio=ratio, seed=seed, batch_size=batch_size, device=device,
         truncation=truncation, png_bits=png_bits, overwrite=overwrite, dataset_id=dataset_id,
-        dataset_name=dataset_name,
+        dataset_name=dataset_name, accept=accept,
     )  # fmt: skip
     from augment.sampling.stage import nnunet_dataset_dir, summary_table
     from augment.sampling.stage import sample as run_sample

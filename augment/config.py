@@ -157,7 +157,9 @@ class TrainConfig(_Section):
     comment and docs/benchmarks.md): hinge loss, spectral norm in D, Adam(0, 0.9) at 4e-4,
     minibatch-std, class-conditional batch norm in G, soft masks at weight 0.25, balanced
     classes and DiffAugment translation. The plain Radford DCGAN is loss="bce",
-    spectral_norm=False, d_batchnorm=True, beta1=0.5, lr 2e-4, diffaug=[].
+    spectral_norm=False, d_batchnorm=True, beta1=0.5, lr 2e-4, diffaug=[]. The demo's
+    params.yaml adds d_mask="local" (lesion-class samples then carry lesions; measured in
+    docs/benchmarks.md); it stays "none" here because it needs a store with masks and classes.
     """
 
     nz: int = Field(100, ge=1, le=4096)
@@ -180,6 +182,14 @@ class TrainConfig(_Section):
         False, description="D sees G's masks as straight-through one-hot (else tanh scores)"
     )
     mask_weight: float = Field(0.25, gt=0, le=1, description="scale of mask channels D sees")
+    d_mask: Literal["none", "projection", "local"] = Field(
+        "none",
+        description="mask/image agreement in D: none; projection (class projection on D's "
+        "features of the mask channels); local (a second D on crops around the lesion)",
+    )
+    attention: int = Field(
+        0, ge=0, le=128, description="resolution of a SAGAN self-attention layer in G and D (0 off)"
+    )
     diffaug: list[DiffAugPolicy] = Field(
         default_factory=_default_diffaug,
         description="DiffAugment policies; translation keeps a small-data GAN off its training set",
@@ -229,6 +239,11 @@ class SampleConfig(_Section):
     dataset_id: int = Field(501, ge=1, le=999)
     dataset_name: str = Field("AugmentSynthetic", pattern=r"^[A-Za-z0-9_-]+$")
     overwrite: bool = False
+    accept: Literal["all", "consistent"] = Field(
+        "all",
+        description="all: keep every draw; consistent: keep only samples whose generated mask "
+        "agrees with their class, redrawing up to 20x n",
+    )
 
     @model_validator(mode="after")
     def _ratio_shares(self) -> SampleConfig:

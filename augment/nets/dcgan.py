@@ -10,6 +10,12 @@ bias (conditional batch norm, ``g_conditioning="cbn"``, as in SNGAN/BigGAN) or c
 learned class embedding to ``z`` (``"concat"``, the older layout); the discriminator is a
 projection discriminator (Miyato & Koyama 2018): logit = psi(h) + <e(y), h>.
 Masks are extra output channels, one per label id (background included), scored in [-1, 1].
+
+Options: ``attention`` puts a SAGAN self-attention layer (Zhang et al. 2019) at that resolution
+in G and D; ``d_mask="projection"`` adds to D a branch on the mask channels alone whose class
+projection checks that the mask fits the class; ``d_mask="local"`` adds a second, small
+discriminator (:class:`LocalDiscriminator`) that sees image + mask crops around the lesion's
+centre of mass, so that a lesion mask over unchanged tissue is caught.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _sn
 IMAGE_SIZES = (32, 64, 128, 256)
 PROJECTIONS = ("conv", "dense")
 G_CONDITIONINGS = ("concat", "cbn")
+D_MASKS = ("none", "projection", "local")
 _MAX_MULT = 8  # channel multiplier cap: ngf*8 at 4x4 as in the paper, even for 256x256
 
 
@@ -48,6 +55,10 @@ class DCGANSpec:
             appends at 4x4 (Karras et al. 2018): D sees a batch's variety, so collapse costs G.
         g_conditioning: how G sees the class: "cbn" (conditional batch norm) or "concat" (a
             class embedding concatenated to z; the default, so older model directories load).
+        attention: 0 (off), or the resolution (8 .. S/2) of a self-attention layer in G and D.
+        d_mask: "none"; "projection" (a class projection on features of the mask channels
+            alone); or "local" (a second discriminator on lesion crops; see
+            :class:`LocalDiscriminator`, which the trainer builds).
     """
 
     image_size: int
@@ -63,6 +74,8 @@ class DCGANSpec:
     dropout: float = 0.0
     mbstd_group: int = 0
     g_conditioning: str = "concat"
+    attention: int = 0
+    d_mask: str = "none"
 
     def __post_init__(self) -> None:
         if self.image_size not in IMAGE_SIZES:
@@ -72,6 +85,15 @@ class DCGANSpec:
         if self.g_conditioning not in G_CONDITIONINGS:
             raise ValueError(
                 f"expected g_conditioning in {G_CONDITIONINGS}, got {self.g_conditioning!r}"
+            )
+        if self.d_mask not in D_MASKS:
+            raise ValueError(f"expected d_mask in {D_MASKS}, got {self.d_mask!r}")
+        if self.d_mask != "none" and (self.mask_channels == 0 or self.n_classes == 0):
+            raise ValueError(f"d_mask {self.d_mask!r} needs mask channels and classes")
+        if self.attention and self.attention not in _resolutions(self.image_size):
+            raise ValueError(
+                f"expected attention 0 or one of {_resolutions(self.image_size)}, "
+                f"got {self.attention}"
             )
         if self.mask_channels == 1:
             raise ValueError("expected mask_channels 0 or >= 2 (background + labels), got 1")
@@ -111,6 +133,11 @@ class DCGANSpec:
         if "image_size" not in d:
             raise ValueError("expected an image_size in the spec, got none")
         return cls(**d)
+
+
+def _resolutions(size: int) -> tuple[int, ...]:
+    """Resolutions where self-attention may sit: 8 .. S/2 (G's and D's hidden layers)."""
+    return tuple(2**k for k in range(3, int(math.log2(size))))
 
 
 def _mult(i: int, n: int) -> int:
@@ -156,6 +183,32 @@ class CondBatchNorm2d(nn.Module):
         return h * gain + self.bias(y).to(h.dtype)[:, :, None, None]
 
 
+class SelfAttention(nn.Module):
+    """SAGAN self-attention (Zhang et al. 2019): x + gamma * softmax(q^T k) v, gamma from 0.
+
+    1x1 convolutions give queries and keys of C/8 channels and values of C; every position
+    attends to every other, so G and D can relate distant parts of a slice (a lesion and its
+    mask, the two sides of a body). ``gamma`` starts at 0: the layer begins as the identity.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(1, channels // 8)
+        self.query = nn.Conv2d(channels, inner, 1, bias=False)
+        self.key = nn.Conv2d(channels, inner, 1, bias=False)
+        self.value = nn.Conv2d(channels, channels, 1, bias=False)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q = self.query(x).flatten(2)  # (B, C/8, HW)
+        k = self.key(x).flatten(2)  # (B, C/8, HW)
+        v = self.value(x).flatten(2)  # (B, C, HW)
+        attn = torch.softmax(torch.bmm(q.transpose(1, 2), k), dim=-1)  # (B, HW_q, HW_k)
+        out = torch.bmm(v, attn.transpose(1, 2)).view(b, c, h, w)  # (B, C, H, W)
+        return x + self.gamma.to(out.dtype) * out
+
+
 class Generator(nn.Module):
     """G(z | y): (B, nz) noise (+ (B,) class ids) -> (B, channels + mask_channels, S, S)."""
 
@@ -181,6 +234,8 @@ class Generator(nn.Module):
                 self._norm(c_out),
                 nn.ReLU(True),
             ]
+            if spec.attention == 2 ** (i + 3):
+                blocks.append(SelfAttention(c_out))  # (B, c_out, attention, attention)
         # (B, ngf, S/2, S/2) -> (B, channels + mask_channels, S, S)
         blocks += [nn.ConvTranspose2d(spec.ngf, spec.out_channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*blocks)
@@ -235,10 +290,19 @@ class Discriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             if spec.dropout > 0:
                 layers.append(nn.Dropout(spec.dropout))
+            if spec.attention == spec.image_size // 2 ** (i + 1):
+                layers.append(SelfAttention(c_out))  # (B, c_out, attention, attention)
             c_in = c_out
         self.features = nn.Sequential(*layers)  # (B, c_in, 4, 4)
         self.head = nn.Conv2d(c_in + (spec.mbstd_group > 0), 1, 4, 1, 0)  # (B, 1, 1, 1)
         self.embed = nn.Embedding(spec.n_classes, c_in) if spec.n_classes else None
+        self.mask_branch: nn.Module | None = None
+        self.mask_embed: nn.Module | None = None
+        if spec.d_mask == "projection":
+            self.mask_branch = _conv_stack(spec.mask_channels, spec.ndf // 2, n, spec.ndf * 2)
+            self.mask_embed = nn.Embedding(
+                spec.n_classes, _stack_width(spec.ndf // 2, n, spec.ndf * 2)
+            )
         init_weights(self)
         if spec.spectral_norm:
             for m in list(self.modules()):
@@ -265,7 +329,105 @@ class Discriminator(nn.Module):
                 raise ValueError("expected class ids y for a conditional discriminator, got None")
             pooled = h.sum(dim=(2, 3))  # (B, c)
             out = out + (self.embed(y).to(pooled.dtype) * pooled).sum(dim=1)  # projection term
+        if self.mask_branch is not None and self.mask_embed is not None:
+            # Class projection on the masks alone: "a lesion-class slice has a lesion mask".
+            m = self.mask_branch(x[:, self.spec.channels :]).sum(dim=(2, 3))  # (B, c_m)
+            out = out + (self.mask_embed(y).to(m.dtype) * m).sum(dim=1)
         return out
+
+
+def _stack_width(width: int, n: int, cap: int) -> int:
+    return min(cap, width * 2 ** (n - 1))
+
+
+def _conv_stack(c_in: int, width: int, n: int, cap: int) -> nn.Sequential:
+    """n strided 4x4 convolutions with LeakyReLU(0.2), width doubling up to ``cap``."""
+    layers: list[nn.Module] = []
+    for i in range(n):
+        c_out = min(cap, width * 2**i)
+        layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        c_in = c_out
+    return nn.Sequential(*layers)
+
+
+class LocalDiscriminator(nn.Module):
+    """D_local(crop | y): image + mask crops (B, C, S/4, S/4) around the lesion -> (B,) logits.
+
+    The trainer crops real and generated slices alike around the mask's lesion centre of mass
+    (:func:`lesion_crops`; a random place where the mask holds no lesion). With the class
+    projection, a lesion-class crop without a lesion mask is fake, and so is a lesion mask over
+    tissue that does not look like a lesion: the global D sees masks at ``mask_weight`` and in
+    a 64x64 field, where a small lesion is a few pixels of its input.
+    """
+
+    def __init__(self, spec: DCGANSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.crop = local_crop_size(spec.image_size)
+        n = int(math.log2(self.crop)) - 2
+        self.features = _conv_stack(spec.out_channels, spec.ndf, n, spec.ndf * 4)  # (B, c, 4, 4)
+        width = _stack_width(spec.ndf, n, spec.ndf * 4)
+        self.head = nn.Conv2d(width, 1, 4, 1, 0)  # (B, 1, 1, 1)
+        self.embed = nn.Embedding(max(1, spec.n_classes), width)
+        init_weights(self)
+        if spec.spectral_norm:
+            for m in list(self.modules()):
+                if isinstance(m, (nn.Conv2d, nn.Embedding)):
+                    _sn(m)
+
+    def forward(self, crops: Tensor, y: Tensor) -> Tensor:
+        h = self.features(crops)  # (B, c, 4, 4)
+        pooled = h.sum(dim=(2, 3))  # (B, c)
+        return self.head(h).flatten() + (self.embed(y).to(pooled.dtype) * pooled).sum(dim=1)
+
+
+def local_crop_size(image_size: int) -> int:
+    """Side of the local discriminator's crops: S/4, at least 8 (16 at 64x64)."""
+    return max(8, image_size // 4)
+
+
+def lesion_crops(
+    x: Tensor,
+    channels: int,
+    lesion_channels: list[int],
+    size: int,
+    gen: torch.Generator | None = None,
+) -> Tensor:
+    """Crops of ``size`` centred on each slice's lesion (a random centre where there is none).
+
+    The centre is the centre of mass of the pixels whose lesion share of the mask channels
+    (softmax over the scores, as in hard masks) exceeds one half; it is chosen without
+    gradient, and the crop's contents keep theirs.
+
+    Args:
+        x: (B, channels + K, S, S) images and mask scores in [-1, 1].
+        channels: image channels.
+        lesion_channels: indices (within the K mask channels) of the lesion labels.
+        size: crop side.
+        gen: generator of the random centres (default: torch's global one).
+
+    Returns:
+        (B, channels + K, size, size).
+    """
+    b, _, s, _ = x.shape
+    with torch.no_grad():
+        p = torch.softmax(x[:, channels:].float() * 4, dim=1)[:, lesion_channels].sum(1)
+        hit = (p > 0.5).float()  # (B, S, S)
+        mass = hit.sum(dim=(1, 2))  # (B,)
+        coords = torch.arange(s, device=x.device, dtype=torch.float32)
+        cy = (hit.sum(2) * coords).sum(1) / mass.clamp(min=1)
+        cx = (hit.sum(1) * coords).sum(1) / mass.clamp(min=1)
+        rand = torch.randint(size // 2, s - size // 2 + 1, (2, b), generator=gen)
+        rand = rand.to(x.device).float()
+        cy = torch.where(mass > 0, cy, rand[0]).round().long()
+        cx = torch.where(mass > 0, cx, rand[1]).round().long()
+        y0 = (cy - size // 2).clamp(0, s - size)
+        x0 = (cx - size // 2).clamp(0, s - size)
+        offs = torch.arange(size, device=x.device)
+        iy = (y0[:, None] + offs)[:, :, None]  # (B, size, 1)
+        ix = (x0[:, None] + offs)[:, None, :]  # (B, 1, size)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return x[batch, :, iy, ix].permute(0, 3, 1, 2).contiguous()  # (B, C, size, size)
 
 
 def minibatch_std(h: Tensor, group: int) -> Tensor:

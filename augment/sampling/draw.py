@@ -5,6 +5,12 @@ Sample ``i`` of a run is G(z_i | y_i) with ``z_i`` drawn from ``np.random.defaul
 the manifest row (seed, noise_index, class) regenerates exactly that sample
 (:func:`generate`). Classes get exact counts (largest remainder of the requested shares) in
 contiguous blocks of indices (:func:`class_counts`, :func:`class_of`).
+
+With ``sample.accept: consistent`` only samples whose generated mask agrees with their class are
+kept: class ``c``'s candidates are drawn with noise indices ``j * K + c`` (j = 0, 1, ...; K the
+number of classes; :func:`candidate_indices`), and its k-th kept candidate becomes case
+``start_c + k`` of the class's block. The manifest's noise index still regenerates each kept
+sample, and the same seed gives the same files.
 """
 
 from __future__ import annotations
@@ -108,3 +114,15 @@ def generate(
 def class_of(cum: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """The class of each sample index, given the cumulative class counts ``cum``."""
     return np.searchsorted(cum, indices, side="right").astype(np.int64)  # block of each index
+
+
+ACCEPT_CAP = 20  # candidates drawn per sample asked for, at most, before the filter gives up
+
+
+def candidate_indices(c: int, n_classes: int, start: int, count: int) -> np.ndarray:
+    """Noise indices of candidates ``start .. start+count-1`` of class ``c``: ``j * K + c``.
+
+    Every class has its own stream of noise indices, disjoint from the others', so how many
+    candidates one class needs does not change another class's samples.
+    """
+    return np.arange(start, start + count, dtype=np.int64) * max(1, n_classes) + c

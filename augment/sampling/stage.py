@@ -67,11 +67,15 @@ def sample(
             every validation fold (format nnunet only).
 
     Returns:
-        A summary: out, format, n, counts per class, model checksum, real cases merged.
+        A summary: out, format, n, counts per class, model checksum, real cases merged, the
+        share of samples whose mask agrees with their class, and with ``accept: consistent``
+        the acceptance record (per class: the share of draws kept, kept and drawn).
 
     Raises:
         StoreError: a missing or incompatible model directory.
-        ConfigError: an unknown class, a ratio for an unconditional model, nnunet without masks.
+        ConfigError: an unknown class, a ratio for an unconditional model, nnunet without masks,
+            ``accept: consistent`` for a model without classes, masks or lesion rule.
+        StoreError: (also) a class too rarely consistent to fill within 20x draws.
         InputError: a bad real data set to merge.
         FileExistsError: ``out`` exists and ``cfg.overwrite`` is off.
         OSError: writing failed (a full disk: ENOSPC); nothing partial is left.
@@ -98,10 +102,10 @@ def sample(
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         run = SampleRun(cfg, info, window, tmp, max(6, len(str(cfg.n - 1))), windows=windows,
                         channels=names)  # fmt: skip
-        write_samples(run, fmt, generator, counts)
-        _write_meta(run, counts, real)
+        accepted = write_samples(run, fmt, generator, counts)
+        _write_meta(run, counts, real, accepted)
         fmt.finish(run, real)
-    return {
+    summary = {
         "out": str(out),
         "format": cfg.format,
         "n": cfg.n,
@@ -109,6 +113,19 @@ def sample(
         "model_sha256": info.checksum,
         "real_cases": len(real.cases) if real else 0,
         "mask_agrees_with_class": _agreement(info.class_names, run.agreement),
+    }
+    if accepted is not None:
+        summary["acceptance"] = _acceptance(info.class_names, accepted)
+    return summary
+
+
+def _acceptance(class_names: list[str], tally: dict[int, list[int]]) -> dict[str, Any]:
+    """The acceptance filter's record: per class, the share of draws kept, and the counts."""
+    return {
+        "rule": "consistent",
+        "rate": {class_names[c]: round(k / d, 4) for c, (k, d) in sorted(tally.items()) if d},
+        "kept": {class_names[c]: k for c, (k, _) in sorted(tally.items())},
+        "drawn": {class_names[c]: d for c, (_, d) in sorted(tally.items())},
     }
 
 
@@ -164,8 +181,13 @@ def _named_counts(class_names: list[str], counts: np.ndarray) -> dict[str, int]:
 # --------------------------------------------------------------------------- metadata
 
 
-def _write_meta(run: SampleRun, counts: np.ndarray, real: RealSet | None) -> None:
-    meta = {
+def _write_meta(
+    run: SampleRun,
+    counts: np.ndarray,
+    real: RealSet | None,
+    accepted: dict[int, list[int]] | None = None,
+) -> None:
+    meta: dict[str, Any] = {
         "format": run.cfg.format,
         "n": run.cfg.n,
         "seed": run.cfg.seed,
@@ -184,6 +206,8 @@ def _write_meta(run: SampleRun, counts: np.ndarray, real: RealSet | None) -> Non
         "mask_agrees_with_class": _agreement(run.info.class_names, run.agreement),
         "synthetic": True,
     }
+    if accepted is not None:  # only then: a set sampled without the filter stays as it was
+        meta["acceptance"] = _acceptance(run.info.class_names, accepted)
     (run.root / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
@@ -196,10 +220,14 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_column("class")
     table.add_column("slices", justify="right")
     agree = summary.get("mask_agrees_with_class") or {}
+    rate = (summary.get("acceptance") or {}).get("rate") or {}
     if agree:
         table.add_column("mask agrees with class", justify="right")
+    if rate:
+        table.add_column("draws accepted", justify="right")
     for name, count in summary["counts"].items():
         cells = [f"{agree[name]:.1%}" if name in agree else "n/a"] if agree else []
+        cells += [f"{rate[name]:.1%}" if name in rate else "n/a"] if rate else []
         table.add_row(name, str(count), *cells)
     if summary["real_cases"]:
         table.add_row("real cases merged", str(summary["real_cases"]))

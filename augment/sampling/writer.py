@@ -2,14 +2,16 @@
 
 Batches are generated in the main thread and written by a thread pool while the next batch is
 generated; at most a few batches are in flight, so memory does not grow with ``n``
-(:func:`write_samples`). The file formats are in :mod:`augment.sampling.formats`.
+(:func:`write_samples`). The file formats are in :mod:`augment.sampling.formats`. With
+``sample.accept: consistent`` the batches come from the acceptance filter
+(:func:`_accepted_batches`), which keeps only samples whose mask agrees with their class.
 """
 
 from __future__ import annotations
 
 import csv
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -17,9 +19,9 @@ import numpy as np
 import torch
 
 from augment.contracts.synthetic_set import MANIFEST
-from augment.errors import StoreError
+from augment.errors import ConfigError, StoreError
 from augment.parallel import cpu_cores
-from augment.sampling.draw import class_of, generate
+from augment.sampling.draw import ACCEPT_CAP, candidate_indices, class_of, generate
 from augment.sampling.formats.base import SampleFormat, SampleRun
 from augment.training.consistency import matches_class
 
@@ -29,10 +31,22 @@ COLUMNS = (
 )  # fmt: skip
 
 
+# (case indices, noise indices, classes, images, masks) of one batch to write
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+
+
 def write_samples(
     run: SampleRun, fmt: SampleFormat, generator: torch.nn.Module, counts: np.ndarray
-) -> None:
-    """Generate in batches and hand them to the writers; manifest rows stream to disk."""
+) -> dict[int, list[int]] | None:
+    """Generate in batches and hand them to the writers; manifest rows stream to disk.
+
+    Returns:
+        With ``sample.accept: consistent``: class id -> [kept, drawn] candidates; else None.
+
+    Raises:
+        StoreError: non-finite pixels, or (acceptance filter) a class whose candidates agree
+            with it too rarely to reach its count within ``ACCEPT_CAP`` times as many draws.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -48,20 +62,98 @@ def write_samples(
         task = bar.add_task(f"sampling {run.cfg.format}", total=n)
         manifest = csv.writer(fh)
         manifest.writerow(COLUMNS)
-        for start in range(0, n, bs):
-            idx = np.arange(start, min(start + bs, n))
-            classes = class_of(cum, idx)
-            images, masks = generate(
-                generator, run.info, run.cfg.seed, idx, classes, run.cfg.truncation
-            )
-            if not np.isfinite(images).all():
-                raise StoreError(
-                    f"{run.info.path}: the generator gave non-finite pixels (samples {idx[0]}-"
-                    f"{idx[-1]}); nothing was written. Retrain or use another model directory."
-                )
+        accepted: dict[int, list[int]] | None = None
+        if run.cfg.accept == "consistent":
+            accepted = {}
+            batches = _accepted_batches(run, generator, counts, accepted)
+        else:
+            batches = _plain_batches(run, generator, cum, n, bs)
+        for idx, noise_idx, classes, images, masks in batches:
             _tally(run, masks, classes)
-            manifest.writerows(_rows(run, fmt, idx, classes))
+            manifest.writerows(_rows(run, fmt, idx, classes, noise_idx))
             writers.put(idx, images, masks, classes, lambda k: bar.advance(task, k))
+    return accepted
+
+
+def _generate(
+    run: SampleRun, generator: torch.nn.Module, noise_idx: np.ndarray, classes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    images, masks = generate(
+        generator, run.info, run.cfg.seed, noise_idx, classes, run.cfg.truncation
+    )
+    if not np.isfinite(images).all():
+        raise StoreError(
+            f"{run.info.path}: the generator gave non-finite pixels (samples {noise_idx[0]}-"
+            f"{noise_idx[-1]}); nothing was written. Retrain or use another model directory."
+        )
+    return images, masks
+
+
+def _plain_batches(
+    run: SampleRun, generator: torch.nn.Module, cum: np.ndarray, n: int, bs: int
+) -> Iterator[Batch]:
+    """Every draw is kept: case i is noise index i, of the class whose block holds i."""
+    for start in range(0, n, bs):
+        idx = np.arange(start, min(start + bs, n))
+        classes = class_of(cum, idx)
+        yield (idx, idx, classes, *_generate(run, generator, idx, classes))
+
+
+def _accepted_batches(
+    run: SampleRun, generator: torch.nn.Module, counts: np.ndarray, tally: dict[int, list[int]]
+) -> Iterator[Batch]:
+    """Draw each class's candidates in turn and keep those whose mask agrees with the class.
+
+    ``tally`` fills with class id -> [kept, drawn] as candidates are drawn.
+
+    Raises:
+        StoreError: a class reaches ``ACCEPT_CAP`` x its count of draws before its count.
+    """
+    lesion_ids, min_pixels = _lesion_rule(run)
+    k, bs = len(counts), run.cfg.batch_size
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for c, need in enumerate(counts.tolist()):
+        kept, drawn, cap = 0, 0, ACCEPT_CAP * need
+        tally[c] = [0, 0]
+        while kept < need:
+            if drawn >= cap:
+                raise StoreError(_give_up(run, c, kept, need, drawn))
+            take = min(bs, cap - drawn)
+            noise_idx = candidate_indices(c, k, drawn, take)
+            classes = np.full(take, c, dtype=np.int64)
+            images, masks = _generate(run, generator, noise_idx, classes)
+            assert masks is not None  # _lesion_rule refused a model without masks
+            ok = np.flatnonzero(matches_class(masks, classes, lesion_ids, min_pixels))
+            drawn += take
+            if kept + len(ok) >= need:  # the draws after the last kept one do not count
+                ok = ok[: need - kept]
+                drawn -= take - 1 - int(ok[-1])
+            tally[c] = [kept + len(ok), drawn]
+            if len(ok):
+                idx = starts[c] + kept + np.arange(len(ok))
+                yield idx, noise_idx[ok], classes[ok], images[ok], masks[ok]
+            kept += len(ok)
+
+
+def _lesion_rule(run: SampleRun) -> tuple[list[int] | None, int]:
+    rule = run.info.config.get("lesion_rule")
+    if not run.info.spec.mask_channels or not run.info.class_names or not isinstance(rule, dict):
+        raise ConfigError(
+            f"sample.accept: consistent needs a conditional model with masks and a lesion rule; "
+            f"the model in {run.info.path} has {run.info.spec.mask_channels} mask channels, "
+            f"classes {run.info.class_names} and lesion rule {rule}"
+        )
+    return rule.get("lesion_ids"), int(rule.get("min_lesion_pixels", 1))
+
+
+def _give_up(run: SampleRun, c: int, kept: int, need: int, drawn: int) -> str:
+    name = run.info.class_names[c]
+    return (
+        f"{run.info.path}: sample.accept consistent: only {kept} of {drawn} {name!r} samples "
+        f"({kept / max(1, drawn):.1%}) had a mask that agrees with the class, short of {need} "
+        f"within {ACCEPT_CAP}x draws; nothing was written. Retrain the model (see its "
+        "fidelity record in config.json) or sample with accept: all"
+    )
 
 
 def _tally(run: SampleRun, masks: np.ndarray | None, classes: np.ndarray) -> None:
@@ -134,16 +226,16 @@ class _Writers:
 
 
 def _rows(
-    run: SampleRun, fmt: SampleFormat, idx: np.ndarray, classes: np.ndarray
+    run: SampleRun, fmt: SampleFormat, idx: np.ndarray, classes: np.ndarray, noise_idx: np.ndarray
 ) -> list[list[Any]]:
     rows = []
-    for i, c in zip(idx.tolist(), classes.tolist(), strict=True):
+    for i, c, z in zip(idx.tolist(), classes.tolist(), noise_idx.tolist(), strict=True):
         case = run.case(i)
         image, label = fmt.files(run, case)
         cls = c if run.info.class_names else -1
         name = run.info.class_names[c] if run.info.class_names else ""
         trunc = "" if run.cfg.truncation is None else run.cfg.truncation
-        rows.append([case, image, label, cls, name, run.cfg.seed, i, trunc, run.info.checksum])
+        rows.append([case, image, label, cls, name, run.cfg.seed, z, trunc, run.info.checksum])
     return rows
 
 

@@ -38,8 +38,14 @@ class TrainingRun:
     def __init__(self, cfg: TrainConfig, spec: DCGANSpec, trainer: Trainer, data: TrainData,
                  info: DataInfo, store: SliceStore, out: Path, dd: DistInfo,
                  data_rng: torch.Generator) -> None:  # fmt: skip
+        # The trainer's spec carries the options it sets (attention, d_mask): the one to save.
+        spec = trainer.spec
         self.cfg, self.spec, self.trainer, self.data, self.info = cfg, spec, trainer, data, info
         self.store, self.out, self.dd, self.data_rng = store, out, dd, data_rng
+        lesion_ids, _ = lesion_rule(store, info)
+        trainer.lesion_channels = [
+            k for k, label in enumerate(info.mask_label_ids) if label in (lesion_ids or [])
+        ] or trainer.lesion_channels
         self.device = trainer.device
         self.fixed = fixed_inputs(spec, cfg.seed, self.device)
         self.class_probs = _class_mix(cfg, spec, data.labels)

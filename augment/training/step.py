@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from augment.config import TrainConfig
-from augment.nets.dcgan import DCGANSpec, Discriminator, Generator, recalibrate_batchnorm
+from augment.errors import ConfigError
+from augment.nets.dcgan import (
+    DCGANSpec,
+    Discriminator,
+    Generator,
+    LocalDiscriminator,
+    lesion_crops,
+    local_crop_size,
+    recalibrate_batchnorm,
+)
 from augment.nets.device import to_device
 from augment.training.ddp import plain_batchnorm, sync_batchnorm
 from augment.training.diffaug import diff_augment
@@ -26,15 +36,25 @@ class Trainer:
     """G, D, their EMA and optimisers, and one training step.
 
     Args:
-        spec: the architecture.
+        spec: the architecture; ``cfg.attention`` and ``cfg.d_mask`` are set into it
+            (``self.spec`` is what the model directory records).
         cfg: the run's configuration (losses, learning rates, EMA, augmentation).
         device: where the networks live.
         distributed: wrap G and D in DistributedDataParallel (process group initialised).
+
+    Raises:
+        ConfigError: ``d_mask`` asked for without masks or classes.
     """
 
     def __init__(
         self, spec: DCGANSpec, cfg: TrainConfig, device: torch.device, distributed: bool = False
     ) -> None:
+        if cfg.d_mask != "none" and not (spec.mask_channels and spec.n_classes):
+            raise ConfigError(
+                f"train.d_mask: {cfg.d_mask!r} needs masks and a conditional model, got "
+                f"{spec.mask_channels} mask channels and {spec.n_classes} classes"
+            )
+        spec = dataclasses.replace(spec, attention=cfg.attention, d_mask=cfg.d_mask)
         self.spec, self.cfg, self.device = spec, cfg, device
         self.loss: GANLoss = LOSSES.get(cfg.loss)()
         self.cuda = device.type == "cuda"
@@ -45,6 +65,14 @@ class Trainer:
             g, d = sync_batchnorm(g, self.cuda), sync_batchnorm(d, self.cuda)
         self.g = to_device(g, device, fmt)
         self.d = to_device(d, device, fmt)
+        # The local D (d_mask "local") and the mask channels of the lesion labels it crops
+        # around (the training run sets the store's lesion labels; default: all but channel 0).
+        self.d_local: nn.Module | None = None
+        self.d_local_run: Callable[..., Tensor] | None = None
+        self.lesion_channels = list(range(1, spec.mask_channels))
+        if spec.d_mask == "local":
+            self.d_local = to_device(LocalDiscriminator(spec), device, fmt)
+            self.d_local_run = self.d_local
         self.distributed = distributed
         # What a step calls: G and D themselves, or their DDP wrappers (and compiled).
         self.g_run: Callable[..., Tensor] = self.g
@@ -55,13 +83,18 @@ class Trainer:
             self.g_run = nn.parallel.DistributedDataParallel(self.g, device_ids=ids)
             self.d_ddp = nn.parallel.DistributedDataParallel(self.d, device_ids=ids)
             self.d_run = self.d_ddp
+            if self.d_local is not None:
+                self.d_local_run = nn.parallel.DistributedDataParallel(self.d_local, device_ids=ids)
         if cfg.compile:
             self.g_run, self.d_run = torch.compile(self.g_run), torch.compile(self.d_run)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         opt = {"fused": True} if self.cuda else {}
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=betas, **opt)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=betas, **opt)
+        d_params = list(self.d.parameters())
+        if self.d_local is not None:
+            d_params += list(self.d_local.parameters())
+        self.opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=betas, **opt)
         self._ema_pairs: tuple[list[Tensor], list[Tensor]] = (
             list(self.g_ema.parameters()),
             list(self.g.parameters()),
@@ -79,8 +112,21 @@ class Trainer:
 
     def _aug(self, x: Tensor) -> Tensor:
         """What D sees: DiffAugment, and the mask channels scaled by ``mask_weight``."""
+        return self._weigh(self._diffaug(x))
+
+    def _diffaug(self, x: Tensor) -> Tensor:
         if self.cfg.diffaug:
             x = diff_augment(x, self.cfg.diffaug, image_channels=self.spec.channels)
+        return x
+
+    def _local(self, x: Tensor, y: Tensor) -> Tensor:
+        """The local D's logits on lesion crops of (augmented, unweighted) slices: (B,)."""
+        assert self.d_local_run is not None
+        size = local_crop_size(self.spec.image_size)
+        crops = lesion_crops(x, self.spec.channels, self.lesion_channels, size)
+        return self.d_local_run(crops.contiguous(memory_format=torch.channels_last), y).float()
+
+    def _weigh(self, x: Tensor) -> Tensor:
         if self.spec.mask_channels and self.cfg.mask_weight != 1.0:
             c = self.spec.channels
             x = torch.cat([x[:, :c], x[:, c:] * self.cfg.mask_weight], dim=1)
@@ -108,7 +154,8 @@ class Trainer:
     def _d_step(self, real: Tensor, y: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         cfg, b = self.cfg, real.shape[0]
         gp = self.loss.gradient_penalty
-        parts, ys = [self._aug(real), self._aug(fake)], [y, y]
+        seen = [self._diffaug(real), self._diffaug(fake)]  # the same views for both D's
+        parts, ys = [self._weigh(v) for v in seen], [y, y]
         if gp:
             alpha = torch.rand(b, 1, 1, 1, device=real.device)
             x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
@@ -121,6 +168,9 @@ class Trainer:
                 cat = torch.cat(parts).contiguous(memory_format=torch.channels_last)
                 outs = list(self.d_run(cat, self._y(torch.cat(ys))).float().split(b))
             loss = self.loss.discriminator(outs[0], outs[1])
+            if self.d_local is not None:
+                local = self._local(torch.cat(seen), torch.cat([y, y])).split(b)
+                loss = loss + self.loss.discriminator(local[0], local[1])
         if gp:
             (grad,) = torch.autograd.grad(outs[2].sum(), x_hat, create_graph=True)
             loss = loss + cfg.gp_weight * (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
@@ -155,13 +205,23 @@ class Trainer:
         # G step: D's weights get no gradient (saves a third of D's backward), and under DDP
         # D's gradients are not all-reduced.
         self.d.requires_grad_(False)
-        sync = self.d_ddp.no_sync() if self.d_ddp is not None else contextlib.nullcontext()
+        sync = contextlib.ExitStack()
+        for ddp in (self.d_ddp, self.d_local_run):
+            if isinstance(ddp, nn.parallel.DistributedDataParallel):
+                sync.enter_context(ddp.no_sync())
+        if self.d_local is not None:
+            self.d_local.requires_grad_(False)
         with sync, self._autocast():
-            loss_g = self.loss.generator(self.d_run(self._aug(fake), self._y(y)).float())
+            seen = self._diffaug(fake)
+            loss_g = self.loss.generator(self.d_run(self._weigh(seen), self._y(y)).float())
+            if self.d_local is not None:
+                loss_g = loss_g + self.loss.generator(self._local(seen, y))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
         self.d.requires_grad_(True)
+        if self.d_local is not None:
+            self.d_local.requires_grad_(True)
         self.step_count += 1
         self.update_ema()
         score = self.loss.score
@@ -183,7 +243,7 @@ class Trainer:
         return g.eval()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "G": self.g.state_dict(),
             "D": self.d.state_dict(),
             "G_ema": self.g_ema.state_dict(),
@@ -191,10 +251,15 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "step": self.step_count,
         }
+        if self.d_local is not None:
+            state["D_local"] = self.d_local.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.g.load_state_dict(state["G"])
         self.d.load_state_dict(state["D"])
+        if self.d_local is not None:
+            self.d_local.load_state_dict(state["D_local"])
         self.g_ema.load_state_dict(state["G_ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])

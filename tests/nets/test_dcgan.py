@@ -17,7 +17,15 @@ from augment.contracts.model_dir import (
     sha256_file,
 )
 from augment.errors import StoreError
-from augment.nets.dcgan import DCGANSpec, Discriminator, Generator, recalibrate_batchnorm
+from augment.nets.dcgan import (
+    DCGANSpec,
+    Discriminator,
+    Generator,
+    LocalDiscriminator,
+    SelfAttention,
+    lesion_crops,
+    recalibrate_batchnorm,
+)
 from augment.nets.device import resolve_device
 
 
@@ -238,3 +246,103 @@ def test_minibatch_std_groups_do_not_mix_halves() -> None:
     spec = _tiny(n_classes=2, mask_channels=2, mbstd_group=4)
     d = Discriminator(spec)
     assert d(torch.randn(8, 3, 32, 32), torch.arange(8) % 2).shape == (8,)
+
+
+# --------------------------------------------------------------------------- options of #12
+
+
+def _nets(spec: DCGANSpec, seed: int = 0) -> tuple[Generator, Discriminator]:
+    torch.manual_seed(seed)
+    return Generator(spec), Discriminator(spec)
+
+
+def test_options_off_leave_todays_networks() -> None:
+    """attention 0 and d_mask none build the networks an older spec (without the keys) does."""
+    spec = _tiny(n_classes=2, mask_channels=2, g_conditioning="cbn", mbstd_group=4)
+    old = spec.to_dict()
+    del old["attention"], old["d_mask"]
+    for new_net, old_net in zip(_nets(spec), _nets(DCGANSpec.from_dict(old)), strict=True):
+        a, b = new_net.state_dict(), old_net.state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+        assert not any(isinstance(m, SelfAttention) for m in new_net.modules())
+    assert _nets(spec)[1].mask_branch is None
+
+
+@pytest.mark.parametrize("where", [8, 16])
+def test_attention_sits_where_asked_and_starts_as_identity(where: int) -> None:
+    spec = _tiny(n_classes=2, mask_channels=2, attention=where)
+    g, d = _nets(spec)
+    plain_g, plain_d = _nets(_tiny(n_classes=2, mask_channels=2))
+    for net, plain in ((g, plain_g), (d, plain_d)):
+        attn = [m for m in net.modules() if isinstance(m, SelfAttention)]
+        assert len(attn) == 1  # besides it, the same layers in the same order
+        inner = {id(t) for t in attn[0].parameters()}
+        rest = [t.shape for t in net.parameters() if id(t) not in inner]
+        assert rest == [t.shape for t in plain.parameters()]
+    seen: list[tuple[int, int]] = []
+    for net in (g, d):
+        for m in net.modules():
+            if isinstance(m, SelfAttention):
+                m.register_forward_hook(lambda _m, inp, _o: seen.append(tuple(inp[0].shape[2:])))
+    y = torch.tensor([0, 1])
+    d(g(torch.randn(2, spec.nz), y), y)
+    assert seen == [(where, where)] * 2
+    layer = SelfAttention(8)
+    x = torch.randn(2, 8, 4, 4)
+    assert torch.equal(layer(x), x)  # gamma = 0: the identity until trained
+    layer.gamma.data.fill_(1.0)
+    assert not torch.allclose(layer(x), x)
+    with pytest.raises(ValueError, match="attention"):
+        _tiny(attention=32)  # S/2 is the largest hidden resolution at 32x32
+
+
+def test_mask_projection_scores_the_mask_by_class() -> None:
+    spec = _tiny(n_classes=2, mask_channels=2, d_mask="projection")
+    d = _nets(spec)[1]
+    assert d.mask_branch is not None
+    with torch.no_grad():  # a projection that is not near zero, so the test is not about noise
+        d.mask_embed.weight.normal_(0, 1)  # type: ignore[union-attr]
+    x = torch.randn(1, 3, 32, 32).repeat(2, 1, 1, 1)
+    plain = x.clone()
+    x_other = x.clone()
+    x_other[:, 1:] = -x_other[:, 1:]  # same image, other mask
+    y = torch.tensor([0, 1])
+    d_plain = Discriminator(_tiny(n_classes=2, mask_channels=2))
+    d_plain.load_state_dict({k: v for k, v in d.state_dict().items() if "mask_" not in k})
+    extra = d(x, y) - d_plain(plain, y)  # the mask branch's term, per class
+    extra_other = d(x_other, y) - d_plain(x_other, y)
+    assert not torch.allclose(extra[0], extra[1])  # it depends on the class
+    assert not torch.allclose(extra, extra_other)  # and on the mask
+    with pytest.raises(ValueError, match="needs mask channels and classes"):
+        _tiny(d_mask="projection")
+
+
+def test_lesion_crops_centre_on_the_lesion_and_pass_gradients() -> None:
+    x = torch.full((2, 3, 64, 64), -1.0)
+    x[:, 1] = 1.0  # background channel wins everywhere...
+    x[0, 1, 40:46, 10:16] = -1.0
+    x[0, 2, 40:46, 10:16] = 1.0  # ...but a 6x6 lesion in sample 0, centred at (42.5, 12.5)
+    x[0, 0, 40:46, 10:16] = 0.5
+    x.requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    crops = lesion_crops(x, 1, [1], 16, gen)
+    assert crops.shape == (2, 3, 16, 16)
+    lesion = crops[0, 2] > 0
+    ys, xs = torch.nonzero(lesion, as_tuple=True)
+    assert lesion.sum() == 36 and 6 <= ys.float().mean() <= 9 and 6 <= xs.float().mean() <= 9
+    assert not (crops[1, 2] > 0).any()  # no lesion: a random crop of background
+    crops.sum().backward()
+    assert x.grad is not None and x.grad[0].sum() == 3 * 16 * 16  # the crop's contents only
+    edge = torch.full((1, 3, 64, 64), -1.0)
+    edge[0, 2, 0:3, 60:64] = 1.0  # a lesion at the corner: the crop stays inside
+    assert (lesion_crops(edge, 1, [1], 16)[0, 2] > 0).sum() == 12
+
+
+def test_local_discriminator_is_class_conditional() -> None:
+    spec = _tiny(image_size=64, n_classes=2, mask_channels=2, d_mask="local")
+    torch.manual_seed(0)
+    local = LocalDiscriminator(spec)
+    assert local.crop == 16 and any(hasattr(m, "parametrizations") for m in local.modules())
+    crops = torch.randn(1, 3, 16, 16).repeat(2, 1, 1, 1)
+    out = local(crops, torch.tensor([0, 1]))
+    assert out.shape == (2,) and not torch.allclose(out[0], out[1])
