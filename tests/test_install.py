@@ -8,6 +8,7 @@ stages end to end on tiny phantoms, with the wheel's copy of the package, not th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -31,7 +32,12 @@ def test_wheel_installs_a_working_augment(tmp_path: Path) -> None:
     dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "work"
     work.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)],
+    source = tmp_path / "source"  # a copy: setuptools leaves build/ beside what it builds
+    shutil.copytree(REPO / "augment", source / "augment",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)],
          work, env)  # fmt: skip
     (wheel,) = dist.glob("augment-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
