@@ -227,12 +227,20 @@ def _raw_to_npy(raw: Path, npy: Path, dtype: type, shape: tuple[int, ...]) -> No
 
 
 def slice_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Slices per split and class, patients per split, and patients with slices of each class."""
     slices = Counter((r["split"], int(r["label"])) for r in rows)
     patients = {s: len({r["patient"] for r in rows if r["split"] == s}) for s in SPLITS}
     per_split = {s: {str(c): n for (sp, c), n in sorted(slices.items()) if sp == s} for s in SPLITS}
+    having: dict[tuple[str, int], set[str]] = {}
+    for r in rows:
+        having.setdefault((r["split"], int(r["label"])), set()).add(r["patient"])
+    with_class = {
+        s: {str(c): len(p) for (sp, c), p in sorted(having.items()) if sp == s} for s in SPLITS
+    }
     return {
         "slices": per_split,
         "patients": patients,
+        "patients_with_class": with_class,
     }
 
 

@@ -593,10 +593,13 @@ def summary_table(meta: dict[str, Any]) -> Table:
     for reason, n in Counter(s["reason"] for s in meta["skipped"]).most_common():
         table.add_row(f"  {reason}", str(n))
     names = meta["class_names"]
+    counts = meta["counts"]
     for split in SPLITS:
-        per_class = meta["counts"]["slices"].get(split, {})
-        patients = meta["counts"]["patients"].get(split, 0)
+        per_class = counts["slices"].get(split, {})
+        table.add_row(f"{split} patients", str(counts["patients"].get(split, 0)))
+        having = counts.get("patients_with_class", {}).get(split, {})
         for cls, n in sorted(per_class.items()):
             label = names[int(cls)] if int(cls) < len(names) else cls
-            table.add_row(f"{split} slices, {label} ({patients} patients)", str(n))
+            who = f" (from {having[cls]} patients)" if cls in having else ""
+            table.add_row(f"  {split} slices, {label}{who}", str(n))
     return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -425,3 +426,24 @@ def test_every_registered_reader_ingests_its_layout_end_to_end(demo, tmp_path, n
     )  # fmt: skip
     assert meta["volumes_read"] == N_PATIENTS and not meta["skipped"]
     assert SliceStore.open(tmp_path / "out").images.shape[0] > 0
+
+
+def test_summary_counts_the_patients_behind_each_class():
+    """'train slices, lesion (from N patients)': N is who has such slices, not the split's size."""
+    from rich.console import Console
+
+    from augment.contracts.slice_store import slice_counts
+    from augment.preprocessing.stage import summary_table
+
+    rows = [{"split": "train", "label": 0, "patient": p} for p in ("A", "A", "B", "C")]
+    rows += [{"split": "train", "label": 1, "patient": "A"}, {"split": "test", "label": 0,
+             "patient": "D"}]  # fmt: skip
+    meta = {"volumes_read": 4, "window_choice": "CT: abdomen", "files_skipped": 0, "skipped": [],
+            "class_names": ["normal", "lesion"], "counts": slice_counts(rows)}  # fmt: skip
+    console = Console(record=True, width=120)
+    console.print(summary_table(meta))
+    text = console.export_text()
+    assert re.search(r"train patients\s*│\s*3", text), text
+    assert re.search(r"train slices, normal \(from 3 patients\)\s*│\s*4", text), text
+    assert re.search(r"train slices, lesion \(from 1 patients\)\s*│\s*1", text), text
+    assert re.search(r"test slices, normal \(from 1 patients\)\s*│\s*1", text), text
