@@ -38,8 +38,6 @@ class TrainingRun:
     def __init__(self, cfg: TrainConfig, spec: DCGANSpec, trainer: Trainer, data: TrainData,
                  info: DataInfo, store: SliceStore, out: Path, dd: DistInfo,
                  data_rng: torch.Generator) -> None:  # fmt: skip
-        # The trainer's spec carries the options it sets (attention, d_mask): the one to save.
-        spec = trainer.spec
         self.cfg, self.spec, self.trainer, self.data, self.info = cfg, spec, trainer, data, info
         self.store, self.out, self.dd, self.data_rng = store, out, dd, data_rng
         lesion_ids, _ = lesion_rule(store, info)

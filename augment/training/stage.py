@@ -87,13 +87,19 @@ def _dry_run(cfg: TrainConfig) -> TrainConfig:
 def _spec(cfg: TrainConfig, store: SliceStore, data: TrainData, info: DataInfo) -> DCGANSpec:
     if store.size not in (32, 64, 128, 256):
         raise StoreError(f"{store.root}: expected slices of 32, 64, 128 or 256, got {store.size}")
+    n_classes = len(info.class_names) if cfg.conditional else 0
+    if cfg.d_mask != "none" and not (data.mask_channels and n_classes):
+        raise ConfigError(
+            f"train.d_mask: {cfg.d_mask!r} needs masks and a conditional model, got "
+            f"{data.mask_channels} mask channels and {n_classes} classes"
+        )
     return DCGANSpec(
         image_size=store.size, channels=int(store.images.shape[1]),
         mask_channels=data.mask_channels,
-        n_classes=len(info.class_names) if cfg.conditional else 0, nz=cfg.nz, ngf=cfg.ngf,
+        n_classes=n_classes, nz=cfg.nz, ngf=cfg.ngf,
         ndf=cfg.ndf, projection=cfg.projection, spectral_norm=cfg.spectral_norm,
         d_batchnorm=cfg.d_batchnorm, dropout=cfg.dropout, g_conditioning=cfg.g_conditioning,
-        mbstd_group=cfg.mbstd_group,
+        mbstd_group=cfg.mbstd_group, attention=cfg.attention, d_mask=cfg.d_mask,
     )  # fmt: skip
 
 

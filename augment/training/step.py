@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +35,8 @@ class Trainer:
     """G, D, their EMA and optimisers, and one training step.
 
     Args:
-        spec: the architecture; ``cfg.attention`` and ``cfg.d_mask`` are set into it
-            (``self.spec`` is what the model directory records).
+        spec: the architecture, built from ``cfg`` (train's ``_spec``: its ``attention`` and
+            ``d_mask`` are the config's).
         cfg: the run's configuration (losses, learning rates, EMA, augmentation).
         device: where the networks live.
         distributed: wrap G and D in DistributedDataParallel (process group initialised).
@@ -54,7 +53,12 @@ class Trainer:
                 f"train.d_mask: {cfg.d_mask!r} needs masks and a conditional model, got "
                 f"{spec.mask_channels} mask channels and {spec.n_classes} classes"
             )
-        spec = dataclasses.replace(spec, attention=cfg.attention, d_mask=cfg.d_mask)
+        if (spec.attention, spec.d_mask) != (cfg.attention, cfg.d_mask):
+            raise ValueError(
+                f"expected the spec of the config (attention {cfg.attention}, d_mask "
+                f"{cfg.d_mask!r}), got {spec.attention} and {spec.d_mask!r}: build it with train's"
+                " _spec"
+            )
         self.spec, self.cfg, self.device = spec, cfg, device
         self.loss: GANLoss = LOSSES.get(cfg.loss)()
         self.cuda = device.type == "cuda"
