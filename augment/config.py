@@ -219,6 +219,13 @@ class TrainConfig(_Section):
         description="score the EMA generator (FID, consistency) every N steps and keep "
         "the best snapshot as the model; 0: keep the last",
     )
+    select_min_match: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="keep the lowest-FID snapshot among those whose every class's mask "
+        "agreement is at least this (0: the lowest FID)",
+    )
     fidelity_samples: int = Field(512, ge=16, le=20000)
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(500, ge=1)

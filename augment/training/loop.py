@@ -56,7 +56,7 @@ class TrainingRun:
         self.best_g: Generator | None = None  # the snapshot of the lowest FID so far
         if cfg.fidelity_every and dd.main:
             self.judge = SnapshotJudge.build(
-                data, info, store, spec, cfg.fidelity_samples, cfg.seed
+                data, info, store, spec, cfg.fidelity_samples, cfg.seed, cfg.select_min_match
             )
 
     def loop(self, next_batch: Callable[[], tuple[Tensor, Tensor]], resumed: bool) -> dict:
@@ -158,6 +158,7 @@ class TrainingRun:
         record = info.config.get("fidelity") or {}
         if isinstance(record.get("best_fid"), (int, float)):
             self.judge.best_fid, self.judge.best_step = record["best_fid"], record["best_step"]
+            self.judge.best_met_floor = bool(record.get("met_floor", True))
             self.judge.history = [h for h in record.get("curve", []) if isinstance(h, dict)]
             self.best_g = g
 

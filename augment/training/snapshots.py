@@ -6,7 +6,10 @@ as recipe effects). Every ``train.fidelity_every`` steps the sampling generator 
 class-balanced set of samples; their FID on the fixed random features against the training
 patients' slices (never val or test patients) and their conditional consistency
 (:mod:`augment.training.consistency`) are logged, and the snapshot with the lowest FID becomes
-the model directory's generator. The resumable checkpoint always holds the last step.
+the model directory's generator; with ``train.select_min_match`` above 0, the lowest FID among
+the snapshots whose every class's mask agreement reaches it (until one does, the lowest FID of
+all stands in, and the record says no snapshot met the floor). The resumable checkpoint always
+holds the last step.
 """
 
 from __future__ import annotations
@@ -57,10 +60,19 @@ class SnapshotJudge:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_step: int = -1
     best_fid: float = float("inf")
+    min_match: float = 0.0  # the consistency floor a kept snapshot must meet (0: FID alone)
+    best_met_floor: bool = False
 
     @classmethod
     def build(
-        cls, data: TrainData, info: DataInfo, store: SliceStore, spec: DCGANSpec, n: int, seed: int
+        cls,
+        data: TrainData,
+        info: DataInfo,
+        store: SliceStore,
+        spec: DCGANSpec,
+        n: int,
+        seed: int,
+        min_match: float = 0.0,
     ) -> SnapshotJudge:
         """Reference features and real lesion contrast from the run's training slices."""
         rng = np.random.default_rng(seed)
@@ -73,7 +85,8 @@ class SnapshotJudge:
             lut = np.asarray(info.mask_label_ids, np.uint8)
             masks = lut[data.masks[torch.from_numpy(pick)].cpu().numpy()]  # (M, S, S) label ids
             real_contrast = consistency.lesion_contrast(images, masks, lesion_ids, min_pixels)
-        return cls(spec, info, n, seed, lesion_ids, min_pixels, reference, real_contrast)
+        return cls(spec, info, n, seed, lesion_ids, min_pixels, reference, real_contrast,
+                   min_match=min_match)  # fmt: skip
 
     def samples(self, g: Generator) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """A fixed, class-balanced draw: images (n, C, S, S), label-id masks, classes."""
@@ -108,16 +121,38 @@ class SnapshotJudge:
             )
             entry["consistency"] = found.to_dict()
         self.history.append(entry)
-        better = entry["fid"] < self.best_fid
+        return entry, self.keep(entry)
+
+    def meets_floor(self, entry: dict[str, Any]) -> bool:
+        """Every class's mask agreement is at least ``min_match`` (always, when none is set)."""
+        match = (entry.get("consistency") or {}).get("match")
+        if self.min_match <= 0 or not match:
+            return True
+        return all(v is not None and v >= self.min_match for v in match.values())
+
+    def keep(self, entry: dict[str, Any]) -> bool:
+        """Whether a scored snapshot becomes the model: the lowest FID among those meeting the
+        floor; before any has met it, the lowest FID of all."""
+        met = self.meets_floor(entry)
+        lower = entry["fid"] < self.best_fid
+        better = (met and (lower or not self.best_met_floor)) or (
+            not met and not self.best_met_floor and lower
+        )
         if better:
-            self.best_fid, self.best_step = entry["fid"], step
-        return entry, better
+            self.best_fid, self.best_step, self.best_met_floor = entry["fid"], entry["step"], met
+        return better
 
     def record(self) -> dict[str, Any]:
         """What ``config.json`` keeps: the curve, the chosen step and its consistency."""
         best = next((h for h in self.history if h["step"] == self.best_step), {})
         return {
-            "selected_by": "fid on fixed random features vs training slices",
+            "selected_by": "fid on fixed random features vs training slices"
+            + (
+                f", among snapshots with mask agreement >= {self.min_match}"
+                if self.min_match
+                else ""
+            ),
+            "met_floor": self.best_met_floor,
             "best_step": self.best_step,
             "best_fid": self.best_fid if np.isfinite(self.best_fid) else None,
             "consistency": best.get("consistency"),

@@ -71,3 +71,32 @@ def test_the_model_is_the_best_snapshot_when_fid_worsens(tmp_path: Path, monkeyp
     load_generator(out)  # the rewritten model still checks out (checksum, spec)
     logged = (out / "live" / "plots" / "metrics" / "fidelity" / "fid.tsv").read_text()
     assert len(logged.strip().splitlines()) == 4  # header + three scores
+
+
+def _judge(min_match: float) -> SnapshotJudge:
+    empty = np.zeros((1, 1))
+    return SnapshotJudge(None, None, 8, 0, [2], 20, empty, 0.2, min_match=min_match)  # type: ignore[arg-type]
+
+
+def _entry(step: int, fid: float, lesion: float) -> dict:
+    return {"step": step, "fid": fid, "consistency": {"match": {"normal": 1.0, "lesion": lesion}}}
+
+
+def test_a_consistency_floor_keeps_the_best_snapshot_that_meets_it() -> None:
+    # FID falls while the lesion class loses its lesions: the floor keeps step 6, FID alone step 4
+    curve = [_entry(2, 5.0, 0.98), _entry(4, 3.0, 0.50), _entry(6, 4.0, 0.95), _entry(8, 4.5, 0.99)]
+    floor, plain = _judge(0.9), _judge(0.0)
+    assert [floor.keep(e) for e in curve] == [True, False, True, False]
+    assert (floor.best_step, floor.best_fid, floor.best_met_floor) == (6, 4.0, True)
+    assert [plain.keep(e) for e in curve] == [True, True, False, False]
+    assert plain.best_step == 4
+    assert "mask agreement >= 0.9" in floor.record()["selected_by"]
+
+
+def test_until_a_snapshot_meets_the_floor_the_lowest_fid_stands_in() -> None:
+    judge = _judge(0.9)
+    assert judge.keep(_entry(2, 5.0, 0.1)) and judge.keep(_entry(4, 3.0, 0.2))
+    assert not judge.keep(_entry(6, 4.0, 0.3))
+    assert judge.record()["met_floor"] is False and judge.best_step == 4
+    assert judge.keep(_entry(8, 9.0, 0.95))  # the first that meets it wins over any FID
+    assert judge.record()["met_floor"] is True and judge.best_step == 8
