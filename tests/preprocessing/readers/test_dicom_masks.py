@@ -13,15 +13,16 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+from pydicom.uid import RTStructureSetStorage, generate_uid
 from skimage.measure import find_contours
 
 from augment.config import PreprocessConfig
 from augment.contracts.slice_store import SliceStore
 from augment.errors import ConfigError, InputError
+from augment.io.dicom import part10_dataset
 from augment.preprocessing.privacy import ENV_VAR
 from augment.preprocessing.readers.dicom import Series, read_series, scan_dicom
 from augment.preprocessing.stage import preprocess
@@ -137,13 +138,7 @@ def write_rtstruct(
     """An RT structure set with one ROI; ``polygons[k]`` are (n, 2) (row, column) contours on
     source image k."""
     ref = sources[0]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTStructureSetStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = RTStructureSetStorage, meta.MediaStorageSOPInstanceUID
+    ds = part10_dataset(RTStructureSetStorage, generate_uid())
     ds.Modality, ds.PatientID, ds.StudyInstanceUID = "RTSTRUCT", ref.PatientID, ref.StudyInstanceUID
     ds.SeriesInstanceUID, ds.StructureSetLabel = generate_uid(), "test"
 
