@@ -320,3 +320,19 @@ def make_nifti_corpus(root: Path) -> dict[str, str]:
     write_nifti(root / "labelsTr" / "huge.nii.gz", mask, SPACING, dtype=np.uint8)
     expected["huge"] = "voxels"
     return expected
+
+
+def write_demo(root: Path, n_patients: int) -> Path:
+    """The same patients as a DICOM tree and a Decathlon NIfTI set, with labels.csv.
+
+    Even patients have a lesion; DICOM folders carry a name (Doe_Jane_...) that must never leak.
+    """
+    lines = ["patient,class"]
+    for i in range(n_patients):
+        pid = f"PHANTOM-{i:04d}"
+        image, mask = phantom(seed=i, lesion=i % 2 == 0)
+        write_dicom_series(root / "dicom" / f"Doe_Jane_{pid}" / "CT", image, SPACING, pid)
+        write_decathlon(root / "nifti", {pid: (image, mask)}, SPACING)
+        lines.append(f"{pid},{'lesion' if i % 2 == 0 else 'normal'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root

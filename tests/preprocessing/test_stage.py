@@ -34,7 +34,7 @@ from tests.preprocessing.badinputs import (
     make_nifti_corpus,
     phantom,
     write_decathlon,
-    write_dicom_series,
+    write_demo,
 )
 
 N_PATIENTS = 6
@@ -53,16 +53,7 @@ def _cfg(**kw) -> PreprocessConfig:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     """The same patients as a DICOM tree and a Decathlon NIfTI set, with labels.csv."""
-    root = tmp_path_factory.mktemp("demo")
-    lines = ["patient,class"]
-    for i in range(N_PATIENTS):
-        pid = f"PHANTOM-{i:04d}"
-        image, mask = phantom(seed=i, lesion=i % 2 == 0)
-        write_dicom_series(root / "dicom" / f"Doe_Jane_{pid}" / "CT", image, SPACING, pid)
-        write_decathlon(root / "nifti", {pid: (image, mask)}, SPACING)
-        lines.append(f"{pid},{'lesion' if i % 2 == 0 else 'normal'}")
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    return root
+    return write_demo(tmp_path_factory.mktemp("demo"), N_PATIENTS)
 
 
 # ---------------------------------------------------------------- array functions
