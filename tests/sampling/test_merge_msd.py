@@ -18,19 +18,27 @@ from augment.sampling.stage import sample
 from tests.sampling.test_stage import LABELS, _cfg, _model, check_nnunet_dataset
 
 
+def conditional_model(root: Path) -> Path:
+    """A tiny two-class model directory whose labels match the phantoms' (background, lesion)."""
+    spec = DCGANSpec(image_size=32, mask_channels=2, n_classes=2, nz=8, ngf=8, ndf=8)
+    return _model(root, spec, class_names=["normal", "lesion"], label_names=LABELS)
+
+
+def decathlon_export(root: Path, slices: int) -> Path:
+    """Six phantom patients in the Decathlon layout, as `augment phantoms` exports them."""
+    make_phantoms(PhantomsConfig(patients=6, size=32, slices=slices, formats=["nifti"],
+                                 workers=1), root)  # fmt: skip
+    return root / "nifti"
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    spec = DCGANSpec(image_size=32, mask_channels=2, n_classes=2, nz=8, ngf=8, ndf=8)
-    root = tmp_path_factory.mktemp("model") / "dcgan"
-    return _model(root, spec, class_names=["normal", "lesion"], label_names=LABELS)
+    return conditional_model(tmp_path_factory.mktemp("model") / "dcgan")
 
 
 @pytest.fixture(scope="module")
 def decathlon(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ph") / "phantoms"
-    cfg = PhantomsConfig(patients=6, size=32, slices=4, formats=["nifti"], workers=1)
-    make_phantoms(cfg, out)
-    return out / "nifti"
+    return decathlon_export(tmp_path_factory.mktemp("ph") / "phantoms", slices=4)
 
 
 def test_merge_takes_the_phantoms_decathlon_export(tmp_path, model_dir, decathlon):

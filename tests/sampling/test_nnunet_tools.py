@@ -23,10 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from augment.cli import app
-from augment.config import PhantomsConfig
-from augment.nets.dcgan import DCGANSpec
-from augment.phantoms.stage import make_phantoms
-from tests.sampling.test_stage import LABELS, _model
+from tests.sampling.test_merge_msd import conditional_model, decathlon_export
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +51,12 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    spec = DCGANSpec(image_size=32, mask_channels=2, n_classes=2, nz=8, ngf=8, ndf=8)
-    root = tmp_path_factory.mktemp("model") / "dcgan"
-    return _model(root, spec, class_names=["normal", "lesion"], label_names=LABELS)
+    return conditional_model(tmp_path_factory.mktemp("model") / "dcgan")
 
 
 @pytest.fixture(scope="module")
 def decathlon(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ph") / "phantoms"
-    make_phantoms(PhantomsConfig(patients=6, size=32, slices=6, formats=["nifti"], workers=1), out)
-    return out / "nifti"
+    return decathlon_export(tmp_path_factory.mktemp("ph") / "phantoms", slices=6)
 
 
 def _nnunet(env: dict[str, str], *args: str) -> str:
