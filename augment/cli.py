@@ -63,6 +63,22 @@ ParamsOpt = Annotated[
         help="Parameter file; the stage reads its own section. [default: params.yaml if present]",
     ),
 ]
+# Options preprocess and check share (check reports what preprocess would do with them).
+LabelsOpt = Annotated[
+    Path | None, typer.Option("--labels", help="CSV of patient,class (labels_from: csv).")
+]
+KeyFileOpt = Annotated[
+    Path | None, typer.Option("--key-file", help="Secret key for pseudonyms (default: see docs).")
+]
+SliceSizeOpt = Annotated[int | None, typer.Option(help="Slice size S (32, 64, 128, 256).")]
+WorkersOpt = Annotated[int | None, typer.Option(help="Parallel volume readers.")]
+SplitSeedOpt = Annotated[int | None, typer.Option(help="Seed of the patient split.")]
+LabelsFromOpt = Annotated[
+    str | None, typer.Option("--labels-from", help="Slice classes from 'mask' or 'csv'.")
+]
+InputFormatOpt = Annotated[
+    str | None, typer.Option("--format", help="Input format: auto, or " + READERS.help())
+]
 DEFAULT_PARAMS = Path("params.yaml")
 # The params.yaml section each command reads, and its config model.
 SECTIONS: dict[str, tuple[str, Any]] = {
@@ -185,29 +201,20 @@ def preprocess(
         list[Path], typer.Option("--input", "-i", help="Input root (repeatable): DICOM or NIfTI.")
     ],
     out: Annotated[Path, typer.Option("--out", help="SliceStore directory.")] = Path("data/slices"),
-    labels: Annotated[
-        Path | None, typer.Option("--labels", help="CSV of patient,class (labels_from: csv).")
-    ] = None,
-    key_file: Annotated[
-        Path | None,
-        typer.Option("--key-file", help="Secret key for pseudonyms (default: see docs)."),
-    ] = None,
-    size: Annotated[int | None, typer.Option(help="Slice size S (32, 64, 128, 256).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Parallel volume readers.")] = None,
+    labels: LabelsOpt = None,
+    key_file: KeyFileOpt = None,
+    size: SliceSizeOpt = None,
+    workers: WorkersOpt = None,
     strict: Annotated[
         bool | None, typer.Option("--strict/--no-strict", help="Stop at the first bad input.")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the patient split.")] = None,
+    seed: SplitSeedOpt = None,
     overwrite: Annotated[
         bool | None,
         typer.Option("--overwrite/--no-overwrite", help="Replace an existing store at --out."),
     ] = None,
-    labels_from: Annotated[
-        str | None, typer.Option("--labels-from", help="Slice classes from 'mask' or 'csv'.")
-    ] = None,
-    fmt: Annotated[
-        str | None, typer.Option("--format", help="Input format: auto, or " + READERS.help())
-    ] = None,
+    labels_from: LabelsFromOpt = None,
+    fmt: InputFormatOpt = None,
     window: Annotated[
         str | None,
         typer.Option(
@@ -249,22 +256,13 @@ def check(
     more: Annotated[
         list[Path] | None, typer.Option("--input", "-i", help="Input root (repeatable).")
     ] = None,
-    labels: Annotated[
-        Path | None, typer.Option("--labels", help="CSV of patient,class (labels_from: csv).")
-    ] = None,
-    key_file: Annotated[
-        Path | None,
-        typer.Option("--key-file", help="Secret key for pseudonyms (default: see docs)."),
-    ] = None,
-    size: Annotated[int | None, typer.Option(help="Slice size S (32, 64, 128, 256).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Parallel volume readers.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the patient split.")] = None,
-    labels_from: Annotated[
-        str | None, typer.Option("--labels-from", help="Slice classes from 'mask' or 'csv'.")
-    ] = None,
-    fmt: Annotated[
-        str | None, typer.Option("--format", help="Input format: auto, or " + READERS.help())
-    ] = None,
+    labels: LabelsOpt = None,
+    key_file: KeyFileOpt = None,
+    size: SliceSizeOpt = None,
+    workers: WorkersOpt = None,
+    seed: SplitSeedOpt = None,
+    labels_from: LabelsFromOpt = None,
+    fmt: InputFormatOpt = None,
     estimate: Annotated[
         bool,
         typer.Option("--estimate/--no-estimate", help="Time a few DCGAN steps (train section)."),
