@@ -43,6 +43,7 @@ from augment.errors import ConfigError, StoreError
 from augment.io.atomic import atomic_dir, refuse_existing
 from augment.io.jsonfile import write_json
 from augment.nets.dcgan import Generator
+from augment.sampling.stage import model_windows
 
 SCHEMA_URL = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
@@ -373,18 +374,9 @@ def _tensor(
 
 
 def _windows(info: ModelInfo) -> tuple[tuple[Window, ...], tuple[str, ...]]:
-    where = str(info.path / CONFIG_FILE)
-    window = Window.from_dict(info.config.get("window"), where)
-    found = info.config.get("windows")
-    windows = tuple(Window.from_dict(w, where) for w in found) if found else (window,)
-    names = tuple(str(c) for c in info.config.get("channels") or ())
-    names = names or ("CT" if window.units == "HU" else "image",) * len(windows)
-    if len(windows) != info.spec.channels or len(names) != info.spec.channels:
-        raise StoreError(
-            f"{where}: expected a window and a name for each of the model's "
-            f"{info.spec.channels} channel(s), got {len(windows)} and {len(names)}"
-        )
-    return windows, names
+    """sample's windows and names; a model without recorded names gets CT or image per channel."""
+    window, windows, names = model_windows(info)
+    return windows, names or ("CT" if window.units == "HU" else "image",) * len(windows)
 
 
 def _describe(window: Window) -> str:

@@ -89,16 +89,7 @@ def sample(
     real = read_real_set(merge_with_real) if merge_with_real else None
     if real is not None:
         _check_real(real, info)
-    where = str(info.path / "config.json")
-    window = Window.from_dict(info.config.get("window"), where)
-    found = info.config.get("windows")
-    windows = tuple(Window.from_dict(w, where) for w in found) if found else (window,)
-    names = tuple(str(c) for c in info.config.get("channels") or ())
-    if len(windows) != info.spec.channels or (names and len(names) != info.spec.channels):
-        raise StoreError(
-            f"{where}: expected a window and a name for each of the model's "
-            f"{info.spec.channels} channel(s), got {len(windows)} and {len(names)}"
-        )
+    window, windows, names = model_windows(info)
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         run = SampleRun(cfg, info, window, tmp, max(6, len(str(cfg.n - 1))), windows=windows,
                         channels=names)  # fmt: skip
@@ -117,6 +108,25 @@ def sample(
     if accepted is not None:
         summary["acceptance"] = _acceptance(info.class_names, accepted)
     return summary
+
+
+def model_windows(info: ModelInfo) -> tuple[Window, tuple[Window, ...], tuple[str, ...]]:
+    """A model's first window, its window per channel and its channel names (maybe none).
+
+    Raises:
+        StoreError: not one window (and, where names are recorded, one name) per channel.
+    """
+    where = str(info.path / "config.json")
+    window = Window.from_dict(info.config.get("window"), where)
+    found = info.config.get("windows")
+    windows = tuple(Window.from_dict(w, where) for w in found) if found else (window,)
+    names = tuple(str(c) for c in info.config.get("channels") or ())
+    if len(windows) != info.spec.channels or (names and len(names) != info.spec.channels):
+        raise StoreError(
+            f"{where}: expected a window and a name for each of the model's "
+            f"{info.spec.channels} channel(s), got {len(windows)} and {len(names)}"
+        )
+    return window, windows, names
 
 
 def _acceptance(class_names: list[str], tally: dict[int, list[int]]) -> dict[str, Any]:
