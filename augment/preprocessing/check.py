@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from augment.preprocessing.stage import (
 from augment.preprocessing.workers import pool_map, worker_pool
 from augment.training.data import TrainData, batches
 from augment.training.ddp import DistInfo
-from augment.training.stage import training_device
+from augment.training.stage import build_spec, training_device
 from augment.training.step import Trainer
 
 WARMUP_STEPS = 2  # the first steps allocate memory and pick kernels: not timed
@@ -182,16 +181,7 @@ def estimate_training(
     torch.set_num_threads(cfg.threads or idle_cores())  # as train sets them
     device = training_device(cfg, DistInfo())
     masks = mask_channels if cfg.with_masks != "no" else 0
-    # Every spec field the train section names (nz, ngf, ..., and any added later), as train's.
-    named = {
-        f.name: getattr(cfg, f.name)
-        for f in fields(DCGANSpec)
-        if f.name in TrainConfig.model_fields
-    }
-    spec = DCGANSpec(
-        image_size=size, channels=channels, mask_channels=masks,
-        n_classes=n_classes if cfg.conditional else 0, **named,
-    )  # fmt: skip
+    spec = build_spec(cfg, size, channels, masks, n_classes)  # the networks train would build
     torch.manual_seed(cfg.seed)
     trainer = Trainer(spec, cfg, device)
     next_batch = batches(_random_data(spec, cfg.batch_size, n_classes, device), cfg, device,

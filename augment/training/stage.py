@@ -87,19 +87,31 @@ def _dry_run(cfg: TrainConfig) -> TrainConfig:
 def _spec(cfg: TrainConfig, store: SliceStore, data: TrainData, info: DataInfo) -> DCGANSpec:
     if store.size not in (32, 64, 128, 256):
         raise StoreError(f"{store.root}: expected slices of 32, 64, 128 or 256, got {store.size}")
-    n_classes = len(info.class_names) if cfg.conditional else 0
-    if cfg.d_mask != "none" and not (data.mask_channels and n_classes):
+    return build_spec(
+        cfg, store.size, int(store.images.shape[1]), data.mask_channels, len(info.class_names)
+    )
+
+
+def build_spec(
+    cfg: TrainConfig, size: int, channels: int, mask_channels: int, n_classes: int
+) -> DCGANSpec:
+    """The networks the train section asks for, on slices of this shape (train and check).
+
+    Raises:
+        ConfigError: ``d_mask`` without masks or classes.
+    """
+    n_classes = n_classes if cfg.conditional else 0
+    if cfg.d_mask != "none" and not (mask_channels and n_classes):
         raise ConfigError(
             f"train.d_mask: {cfg.d_mask!r} needs masks and a conditional model, got "
-            f"{data.mask_channels} mask channels and {n_classes} classes"
+            f"{mask_channels} mask channels and {n_classes} classes"
         )
     return DCGANSpec(
-        image_size=store.size, channels=int(store.images.shape[1]),
-        mask_channels=data.mask_channels,
-        n_classes=n_classes, nz=cfg.nz, ngf=cfg.ngf,
-        ndf=cfg.ndf, projection=cfg.projection, spectral_norm=cfg.spectral_norm,
-        d_batchnorm=cfg.d_batchnorm, dropout=cfg.dropout, g_conditioning=cfg.g_conditioning,
-        mbstd_group=cfg.mbstd_group, attention=cfg.attention, d_mask=cfg.d_mask,
+        image_size=size, channels=channels, mask_channels=mask_channels, n_classes=n_classes,
+        nz=cfg.nz, ngf=cfg.ngf, ndf=cfg.ndf, projection=cfg.projection,
+        spectral_norm=cfg.spectral_norm, d_batchnorm=cfg.d_batchnorm, dropout=cfg.dropout,
+        g_conditioning=cfg.g_conditioning, mbstd_group=cfg.mbstd_group,
+        attention=cfg.attention, d_mask=cfg.d_mask,
     )  # fmt: skip
 
 
