@@ -184,15 +184,6 @@ def _work_dir(cfg: TrainConfig, out: Path, state: Path | None, info: DataInfo, w
     return state / run_key(cfg, info.fingerprint, world)
 
 
-def _interrupted(work: Path) -> bool:
-    """An unfinished run of this configuration on this data left a checkpoint here."""
-    if not (work / CHECKPOINT_FILE).is_file():
-        return False
-    step = load_checkpoint(work / CHECKPOINT_FILE).get("step", "?")
-    print(f"train: resuming the interrupted run in {work} from step {step}", file=sys.stderr)
-    return True
-
-
 def _move_outputs(work: Path, out: Path, state: Path) -> None:
     """Hand the finished run over to ``out`` and forget its state (a rename on one disk)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -212,7 +203,9 @@ def _train(
     store = SliceStore.open(data_dir)
     host_data, info = load_train_data(store, cfg)
     final_out, out = out, _work_dir(cfg, out, keep, info, dd.world)
-    resume = resume or (keep is not None and _interrupted(out))
+    # an unfinished run of this configuration on this data left its checkpoint in the state folder
+    interrupted = keep is not None and (out / CHECKPOINT_FILE).is_file()
+    resume = resume or interrupted
     spec = _spec(cfg, store, host_data, info)
     if cfg.compile and LOSSES.get(cfg.loss).gradient_penalty:
         raise ConfigError(
@@ -228,6 +221,9 @@ def _train(
     ckpt_path = out / CHECKPOINT_FILE
     if resume:
         state = load_checkpoint(ckpt_path)
+        if interrupted:
+            step = state.get("step", "?")
+            print(f"train: resuming the interrupted run in {out} from step {step}", file=sys.stderr)
         check_resumable(state, cfg, info.fingerprint, ckpt_path)
         trainer.load_state_dict(state)
         rngs = state["rng"]
