@@ -226,16 +226,19 @@ def place_case_files(real: RealSet, case: str, images: Path, labels: Path) -> No
     import nibabel as nib
 
     found = real.case_files(case)
+    read: dict[Path, tuple[Any, np.ndarray]] = {}  # a 4D file is read (decompressed) once
     for c, (src, index) in enumerate(found.images):
         dst = images / f"{case}_{c:04d}{NIFTI_ENDING}"
         if index is None:
             link_or_copy(src, dst)
             continue
-        img = _load_nifti(src)
+        if src not in read:
+            img = _load_nifti(src)
+            read[src] = (img, np.asanyarray(img.dataobj))
+        img, voxels = read[src]
         header = img.header.copy()
         header.set_data_shape(img.shape[:3])
-        data = np.asanyarray(img.dataobj[..., index])
-        nib.save(nib.Nifti1Image(data, img.affine, header), dst)
+        nib.save(nib.Nifti1Image(voxels[..., index], img.affine, header), dst)
     link_or_copy(found.label, labels / f"{case}{NIFTI_ENDING}")
 
 
