@@ -135,15 +135,23 @@ def _accepted_batches(
             kept += len(ok)
 
 
-def _lesion_rule(run: SampleRun) -> tuple[list[int] | None, int]:
+def _class_rule(run: SampleRun) -> tuple[list[int] | None, int] | None:
+    """(lesion ids, min lesion pixels) a conditional model with masks records, else None."""
     rule = run.info.config.get("lesion_rule")
     if not run.info.spec.mask_channels or not run.info.class_names or not isinstance(rule, dict):
+        return None
+    return rule.get("lesion_ids"), int(rule.get("min_lesion_pixels", 1))
+
+
+def _lesion_rule(run: SampleRun) -> tuple[list[int] | None, int]:
+    found = _class_rule(run)
+    if found is None:
         raise ConfigError(
             f"sample.accept: consistent needs a conditional model with masks and a lesion rule; "
             f"the model in {run.info.path} has {run.info.spec.mask_channels} mask channels, "
-            f"classes {run.info.class_names} and lesion rule {rule}"
+            f"classes {run.info.class_names} and lesion rule {run.info.config.get('lesion_rule')}"
         )
-    return rule.get("lesion_ids"), int(rule.get("min_lesion_pixels", 1))
+    return found
 
 
 def _give_up(run: SampleRun, c: int, kept: int, need: int, drawn: int) -> str:
@@ -158,12 +166,10 @@ def _give_up(run: SampleRun, c: int, kept: int, need: int, drawn: int) -> str:
 
 def _tally(run: SampleRun, masks: np.ndarray | None, classes: np.ndarray) -> None:
     """Count samples whose generated mask agrees with their class (the store's lesion rule)."""
-    rule = run.info.config.get("lesion_rule")
-    if masks is None or not run.info.class_names or not isinstance(rule, dict):
+    rule = _class_rule(run)
+    if masks is None or rule is None:
         return
-    ok = matches_class(
-        masks, classes, rule.get("lesion_ids"), int(rule.get("min_lesion_pixels", 1))
-    )
+    ok = matches_class(masks, classes, *rule)
     for c in np.unique(classes):
         tally = run.agreement.setdefault(int(c), [0, 0])
         tally[0] += int(ok[classes == c].sum())
