@@ -190,6 +190,14 @@ class TrainConfig(_Section):
     attention: int = Field(
         0, ge=0, le=128, description="resolution of a SAGAN self-attention layer in G and D (0 off)"
     )
+    grow_from: int = Field(
+        0,
+        ge=0,
+        le=128,
+        description="progressive growing (Karras et al. 2018): start at this resolution and "
+        "double it every grow_steps steps, fading each new block in over half of them (0: off)",
+    )
+    grow_steps: int = Field(200, ge=2, description="steps per resolution of progressive growing")
     diffaug: list[DiffAugPolicy] = Field(
         default_factory=_default_diffaug,
         description="DiffAugment policies; translation keeps a small-data GAN off its training set",
@@ -203,6 +211,15 @@ class TrainConfig(_Section):
     beta2: float = Field(0.9, ge=0, lt=1)
     n_critic: int = Field(1, ge=1, le=20)
     gp_weight: float = Field(10.0, ge=0)
+    r1_weight: float = Field(
+        0.0,
+        ge=0,
+        description="R1 penalty gamma on D's gradient at real slices (Mescheder et al. 2018; "
+        "0: off)",
+    )
+    r1_every: int = Field(
+        16, ge=1, le=1000, description="apply R1 every N D steps, scaled by N (lazy, StyleGAN2)"
+    )
     fraction: float = Field(1.0, gt=0, le=1, description="share of train patients used")
     balance_classes: bool = Field(True, description="draw every class equally often")
     seed: int = Field(0, ge=0)

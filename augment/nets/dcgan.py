@@ -15,7 +15,10 @@ Options: ``attention`` puts a SAGAN self-attention layer (Zhang et al. 2019) at 
 in G and D; ``d_mask="projection"`` adds to D a branch on the mask channels alone whose class
 projection checks that the mask fits the class; ``d_mask="local"`` adds a second, small
 discriminator (:class:`LocalDiscriminator`) that sees image + mask crops around the lesion's
-centre of mass, so that a lesion mask over unchanged tissue is caught.
+centre of mass, so that a lesion mask over unchanged tissue is caught. ``progressive`` (Karras
+et al. 2018) gives G a 1x1 "to image" layer and D a 1x1 "from image" layer at every resolution
+from that one up to S/2, so both can run at a lower resolution (``res``) while the next block is
+faded in (``alpha``); at S with alpha 1 they are the plain networks.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
@@ -59,6 +63,8 @@ class DCGANSpec:
         d_mask: "none"; "projection" (a class projection on features of the mask channels
             alone); or "local" (a second discriminator on lesion crops; see
             :class:`LocalDiscriminator`, which the trainer builds).
+        progressive: 0 (off), or the lowest resolution (8 .. S/2) of progressive growing: G and
+            D get image layers at every resolution from it to S/2.
     """
 
     image_size: int
@@ -76,6 +82,7 @@ class DCGANSpec:
     g_conditioning: str = "concat"
     attention: int = 0
     d_mask: str = "none"
+    progressive: int = 0
 
     def __post_init__(self) -> None:
         if self.image_size not in IMAGE_SIZES:
@@ -95,6 +102,13 @@ class DCGANSpec:
                 f"expected attention 0 or one of {_resolutions(self.image_size)}, "
                 f"got {self.attention}"
             )
+        if self.progressive and self.progressive not in _resolutions(self.image_size):
+            raise ValueError(
+                f"expected progressive 0 or one of {_resolutions(self.image_size)}, "
+                f"got {self.progressive}"
+            )
+        if self.progressive and self.d_mask == "projection":
+            raise ValueError("progressive growing does not take d_mask 'projection'")
         if self.mask_channels == 1:
             raise ValueError("expected mask_channels 0 or >= 2 (background + labels), got 1")
         for name in ("channels", "nz", "ngf", "ndf"):
@@ -114,6 +128,13 @@ class DCGANSpec:
     def n_up(self) -> int:
         """Number of stride-2 stages between 4x4 and S x S."""
         return int(math.log2(self.image_size)) - 2
+
+    @property
+    def growth(self) -> tuple[int, ...]:
+        """Resolutions with their own image layers (progressive growing): start .. S/2."""
+        if not self.progressive:
+            return ()
+        return tuple(r for r in _resolutions(self.image_size) if r >= self.progressive)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
@@ -239,6 +260,11 @@ class Generator(nn.Module):
         # (B, ngf, S/2, S/2) -> (B, channels + mask_channels, S, S)
         blocks += [nn.ConvTranspose2d(spec.ngf, spec.out_channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*blocks)
+        # Progressive growing: (B, c_r, r, r) -> (B, out_channels, r, r), tanh applied in forward.
+        self.to_image = nn.ModuleDict({
+            str(r): nn.Conv2d(spec.ngf * _mult(int(math.log2(r)) - 2, n), spec.out_channels, 1)
+            for r in spec.growth
+        })  # fmt: skip
         init_weights(self)
         for m in self.modules():
             if isinstance(m, CondBatchNorm2d):
@@ -247,15 +273,20 @@ class Generator(nn.Module):
     def _norm(self, c: int) -> nn.Module:
         return CondBatchNorm2d(c, self.spec.n_classes) if self.cbn else nn.BatchNorm2d(c)
 
-    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(
+        self, z: Tensor, y: Tensor | None = None, res: int | None = None, alpha: float = 1.0
+    ) -> Tensor:
         """Generate images (and mask scores), every channel in [-1, 1].
 
         Args:
             z: (B, nz) float noise.
             y: (B,) long class ids; required when the spec is conditional, ignored otherwise.
+            res: output resolution (progressive growing: one of ``spec.growth`` or S; default S).
+            alpha: fade-in of the block that makes ``res`` (progressive growing): the output is
+                ``lerp(up(image of res/2), image of res, alpha)``; 1 is the block alone.
 
         Returns:
-            (B, channels + mask_channels, S, S).
+            (B, channels + mask_channels, res, res).
         """
         if self.spec.n_classes and y is None:
             raise ValueError("expected class ids y for a conditional generator, got None")
@@ -265,11 +296,27 @@ class Generator(nn.Module):
             h = self.project(z[:, :, None, None])  # (B, c0, 4, 4)
         else:
             h = self.project(z).view(z.shape[0], self.c0, 4, 4)  # (B, c0, 4, 4)
-        if not self.cbn:
+        res = res or self.spec.image_size
+        if res != self.spec.image_size and str(res) not in self.to_image:
+            raise ValueError(f"expected res in {(*self.spec.growth, self.spec.image_size)}")
+        if not self.cbn and res == self.spec.image_size and alpha >= 1:
             return self.main(h)  # (B, C, S, S)
+        prev = None  # (B, c, res/2, res/2): the features the fade-in's low path starts from
         for m in self.main:
+            if isinstance(m, nn.ConvTranspose2d):  # every stride-2 block starts with one
+                if h.shape[-1] == res:
+                    return self._fade(torch.tanh(self.to_image[str(res)](h)), prev, alpha)
+                if 2 * h.shape[-1] == res:
+                    prev = h
             h = m(h, y) if isinstance(m, CondBatchNorm2d) else m(h)
-        return h  # (B, C, S, S)
+        return self._fade(h, prev, alpha)  # (B, C, S, S)
+
+    def _fade(self, out: Tensor, prev: Tensor | None, alpha: float) -> Tensor:
+        """(B, C, r, r) new block's image, faded in over the upsampled image of r/2."""
+        if alpha >= 1 or prev is None or str(prev.shape[-1]) not in self.to_image:
+            return out
+        low = torch.tanh(self.to_image[str(prev.shape[-1])](prev))  # (B, C, r/2, r/2)
+        return torch.lerp(F.interpolate(low, scale_factor=2.0, mode="nearest"), out, alpha)
 
 
 class Discriminator(nn.Module):
@@ -281,8 +328,16 @@ class Discriminator(nn.Module):
         n = spec.n_up
         layers: list[nn.Module] = []
         c_in = spec.out_channels
+        self._stages: list[int] = []  # index in ``features`` where stage i (S/2^i in) starts
+        # Progressive growing: (B, out_channels, r, r) -> (B, c, r, r) into the stage taking r.
+        self.from_image = nn.ModuleDict()
         for i in range(n):
+            self._stages.append(len(layers))
             c_out = spec.ndf * _mult(n - 1 - i, n)  # ndf, 2ndf, ... capped at 8ndf
+            if spec.image_size // 2**i in spec.growth:
+                self.from_image[str(spec.image_size // 2**i)] = nn.Sequential(
+                    nn.Conv2d(spec.out_channels, c_in, 1), nn.LeakyReLU(0.2, inplace=True)
+                )
             # (B, c_in, S/2^i, S/2^i) -> (B, c_out, S/2^(i+1), S/2^(i+1))
             layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not spec.d_batchnorm or i == 0))
             if spec.d_batchnorm and i > 0:
@@ -293,6 +348,7 @@ class Discriminator(nn.Module):
             if spec.attention == spec.image_size // 2 ** (i + 1):
                 layers.append(SelfAttention(c_out))  # (B, c_out, attention, attention)
             c_in = c_out
+        self._stages.append(len(layers))
         self.features = nn.Sequential(*layers)  # (B, c_in, 4, 4)
         self.head = nn.Conv2d(c_in + (spec.mbstd_group > 0), 1, 4, 1, 0)  # (B, 1, 1, 1)
         self.embed = nn.Embedding(spec.n_classes, c_in) if spec.n_classes else None
@@ -309,17 +365,20 @@ class Discriminator(nn.Module):
                 if isinstance(m, (nn.Conv2d, nn.Embedding)):
                     _sn(m)
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor | None = None, alpha: float = 1.0) -> Tensor:
         """Score images as real (high) or fake (low).
 
         Args:
-            x: (B, channels + mask_channels, S, S) in [-1, 1].
+            x: (B, channels + mask_channels, r, r) in [-1, 1]; r is S, or with progressive
+                growing one of ``spec.growth``.
             y: (B,) long class ids; required when the spec is conditional.
+            alpha: fade-in of the stage that takes r (progressive growing): its features are
+                ``lerp(from_image(avg_pool(x)), stage(x), alpha)``.
 
         Returns:
             (B,) logits.
         """
-        h = self.features(x)  # (B, c, 4, 4)
+        h = self._features(x, alpha)  # (B, c, 4, 4)
         if self.spec.mbstd_group:
             out = self.head(minibatch_std(h, self.spec.mbstd_group)).flatten()  # (B,)
         else:
@@ -334,6 +393,27 @@ class Discriminator(nn.Module):
             m = self.mask_branch(x[:, self.spec.channels :]).sum(dim=(2, 3))  # (B, c_m)
             out = out + (self.mask_embed(y).to(m.dtype) * m).sum(dim=1)
         return out
+
+    def _features(self, x: Tensor, alpha: float) -> Tensor:
+        """(B, C, r, r) -> (B, c, 4, 4), entering at the stage that takes r."""
+        r = x.shape[-1]
+        if r == self.spec.image_size and alpha >= 1:
+            return self.features(x)
+        if r != self.spec.image_size and str(r) not in self.from_image:
+            raise ValueError(f"expected inputs of {(*self.spec.growth, self.spec.image_size)} px")
+        k = int(math.log2(self.spec.image_size // r))  # the stage taking r
+        h = x if r == self.spec.image_size else self.from_image[str(r)](x)
+        h = self._run(h, k, k + 1)  # (B, c, r/2, r/2)
+        if alpha < 1 and str(r // 2) in self.from_image:
+            low = self.from_image[str(r // 2)](F.avg_pool2d(x, 2))  # (B, c, r/2, r/2)
+            h = torch.lerp(low, h, alpha)
+        return self._run(h, k + 1, len(self._stages) - 1)
+
+    def _run(self, h: Tensor, first: int, last: int) -> Tensor:
+        """Stages first .. last-1 of ``features``."""
+        for i in range(self._stages[first], self._stages[last]):
+            h = self.features[i](h)
+        return h
 
 
 def _stack_width(width: int, n: int, cap: int) -> int:

@@ -90,7 +90,12 @@ class TrainingRun:
                     n_acc, t0 = 0, time.perf_counter()
                 if self.dd.main and (step % cfg.sample_every == 0 or step == cfg.steps):
                     self._grid(live, step)
-                if self.judge and (step % cfg.fidelity_every == 0 or step == cfg.steps):
+                # While progressive growing is under way the full-resolution G is unfinished.
+                if (
+                    self.judge
+                    and trainer.grown
+                    and (step % cfg.fidelity_every == 0 or step == cfg.steps)
+                ):
                     self._judge_snapshot(live, step)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     self._checkpoint(step)
@@ -212,7 +217,8 @@ class TrainingRun:
         from PIL import Image
 
         g = self._sampler()
-        image = Image.fromarray(fixed_grid(g, *self.fixed))
+        res, alpha = self.trainer.level()  # progressive growing: what G makes at this step
+        image = Image.fromarray(fixed_grid(g, *self.fixed, res=res, alpha=alpha))
         if live is not None:
             live.log_image(f"grid/{step:06d}.png", image)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from augment.io.atomic import atomic_file
@@ -59,9 +60,19 @@ def channel_ids(x: Tensor, spec: DCGANSpec) -> np.ndarray | None:
 
 
 @torch.no_grad()
-def fixed_grid(g: Generator, z: Tensor, y: Tensor) -> np.ndarray:
-    """The 8 x 8 grid of the fixed noise (one class per row, cycling) as RGB uint8."""
-    out = g(z, y if g.spec.n_classes else None).float()  # (64, C, S, S)
+def fixed_grid(
+    g: Generator, z: Tensor, y: Tensor, res: int | None = None, alpha: float = 1.0
+) -> np.ndarray:
+    """The 8 x 8 grid of the fixed noise (one class per row, cycling) as RGB uint8.
+
+    ``res`` and ``alpha``: progressive growing's current output, shown enlarged to S.
+    """
+    yy = y if g.spec.n_classes else None
+    s = g.spec.image_size
+    if (res or s) == s and alpha >= 1:
+        out = g(z, yy).float()  # (64, C, S, S)
+    else:
+        out = F.interpolate(g(z, yy, res=res, alpha=alpha).float(), size=s, mode="nearest")
     images = out[:, : g.spec.channels].cpu().numpy()
     return tiles(images, channel_ids(out, g.spec), GRID_SIDE)
 

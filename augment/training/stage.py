@@ -13,6 +13,7 @@ guard), ``checkpoint``, ``pictures`` and ``ddp``.
 from __future__ import annotations
 
 import errno
+import math
 import random
 import shutil
 import sys
@@ -41,7 +42,7 @@ from augment.training.data import DataInfo, TrainData, batches, load_train_data
 from augment.training.ddp import DistInfo, dist_setup
 from augment.training.loop import METRICS, TrainingRun
 from augment.training.losses import LOSSES
-from augment.training.step import Trainer
+from augment.training.step import Trainer, growth_steps
 
 # What makes a directory a model: a fresh run refuses to replace these, and clears them.
 MODEL_FILES = (CHECKPOINT_FILE, GENERATOR_FILE, CONFIG_FILE)
@@ -76,11 +77,14 @@ def _data_device(data: TrainData, device: torch.device) -> torch.device:
 
 
 def _dry_run(cfg: TrainConfig) -> TrainConfig:
-    """A handful of tiny steps through every stage of the run (the options kept)."""
+    """A handful of tiny steps through every stage of the run (the options kept).
+
+    With progressive growing: 2 steps per resolution, and 12 in all (enough from 8 to 256 px).
+    """
+    grow = {"grow_steps": 2, "steps": 12} if cfg.grow_from else {"steps": min(cfg.steps, 4)}
     return cfg.model_copy(update={
-        "steps": min(cfg.steps, 4), "ngf": 8, "ndf": 8, "nz": min(cfg.nz, 16),
-        "batch_size": min(cfg.batch_size, 8), "log_every": 1, "sample_every": 2,
-        "checkpoint_every": 2,
+        "ngf": 8, "ndf": 8, "nz": min(cfg.nz, 16), "batch_size": min(cfg.batch_size, 8),
+        "log_every": 1, "sample_every": 2, "checkpoint_every": 2, **grow,
     })  # fmt: skip
 
 
@@ -106,13 +110,34 @@ def build_spec(
             f"train.d_mask: {cfg.d_mask!r} needs masks and a conditional model, got "
             f"{mask_channels} mask channels and {n_classes} classes"
         )
+    _check_growth(cfg, size)
     return DCGANSpec(
         image_size=size, channels=channels, mask_channels=mask_channels, n_classes=n_classes,
         nz=cfg.nz, ngf=cfg.ngf, ndf=cfg.ndf, projection=cfg.projection,
         spectral_norm=cfg.spectral_norm, d_batchnorm=cfg.d_batchnorm, dropout=cfg.dropout,
         g_conditioning=cfg.g_conditioning, mbstd_group=cfg.mbstd_group,
-        attention=cfg.attention, d_mask=cfg.d_mask,
+        attention=cfg.attention, d_mask=cfg.d_mask, progressive=cfg.grow_from,
     )  # fmt: skip
+
+
+def _check_growth(cfg: TrainConfig, size: int) -> None:
+    """Progressive growing must start below S, reach S within the run, and not be compiled."""
+    if not cfg.grow_from:
+        return
+    starts = [2**k for k in range(3, int(math.log2(size)))]
+    if cfg.grow_from not in starts:
+        raise ConfigError(f"train.grow_from: expected 0 or one of {starts} at {size} px, "
+                          f"got {cfg.grow_from}")  # fmt: skip
+    if cfg.d_mask == "projection":
+        raise ConfigError("train.grow_from: progressive growing takes d_mask none or local, "
+                          "not projection")  # fmt: skip
+    if cfg.compile:
+        raise ConfigError("train.grow_from: progressive growing changes the networks' shapes "
+                          "every grow_steps; set compile: false")  # fmt: skip
+    grown = growth_steps(cfg, size)
+    if grown > cfg.steps:
+        raise ConfigError(f"train.grow_steps: growing from {cfg.grow_from} to {size} px takes "
+                          f"{grown} steps, more than steps ({cfg.steps})")  # fmt: skip
 
 
 def _clean(out: Path) -> None:

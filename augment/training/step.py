@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,31 @@ from augment.training.losses import LOSSES
 from augment.training.losses.base import GANLoss
 
 BN_BATCHES = 16  # passes of 64 noise vectors that recalibrate the EMA G's batch norm
+
+
+def growth_steps(cfg: TrainConfig, size: int) -> int:
+    """The step from which progressive growing has reached S with the last block fully in."""
+    if not cfg.grow_from:
+        return 0
+    levels = int(math.log2(size // cfg.grow_from))
+    return levels * cfg.grow_steps + cfg.grow_steps // 2
+
+
+def growth_level(cfg: TrainConfig, size: int, step: int) -> tuple[int, float]:
+    """Resolution and fade-in alpha of progressive growing at ``step`` (S and 1 when off).
+
+    ``grow_steps`` steps at the starting resolution, then per doubling ``grow_steps`` steps
+    whose first half fades the new block in (alpha 0 -> 1) and whose second half trains it alone.
+    """
+    if not cfg.grow_from:
+        return size, 1.0
+    k = step // cfg.grow_steps
+    levels = int(math.log2(size // cfg.grow_from))
+    if k > levels:
+        return size, 1.0
+    into = step - k * cfg.grow_steps
+    alpha = 1.0 if k == 0 else min(1.0, into / (cfg.grow_steps // 2))
+    return cfg.grow_from * 2**k, alpha
 
 
 class Trainer:
@@ -84,8 +110,14 @@ class Trainer:
         self.d_ddp: nn.parallel.DistributedDataParallel | None = None  # for no_sync()
         if distributed:
             ids = [device.index] if self.cuda else None
-            self.g_run = nn.parallel.DistributedDataParallel(self.g, device_ids=ids)
-            self.d_ddp = nn.parallel.DistributedDataParallel(self.d, device_ids=ids)
+            # Progressive growing leaves the other resolutions' image layers unused in a step.
+            unused = bool(spec.progressive)
+            self.g_run = nn.parallel.DistributedDataParallel(
+                self.g, device_ids=ids, find_unused_parameters=unused
+            )
+            self.d_ddp = nn.parallel.DistributedDataParallel(
+                self.d, device_ids=ids, find_unused_parameters=unused
+            )
             self.d_run = self.d_ddp
             if self.d_local is not None:
                 self.d_local_run = nn.parallel.DistributedDataParallel(self.d_local, device_ids=ids)
@@ -108,6 +140,7 @@ class Trainer:
         # otherwise one concatenated pass (the same numbers, one launch, one DDP forward).
         self.separate = spec.d_batchnorm and not distributed
         self.step_count = 0
+        self.d_steps = 0  # D updates so far (lazy R1's clock; n_critic per step)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cuda:
@@ -123,9 +156,41 @@ class Trainer:
             x = diff_augment(x, self.cfg.diffaug, image_channels=self.spec.channels)
         return x
 
+    def level(self) -> tuple[int, float]:
+        """Progressive growing's resolution and fade-in at this step (S and 1 when off)."""
+        return growth_level(self.cfg, self.spec.image_size, self.step_count)
+
+    @property
+    def grown(self) -> bool:
+        """G makes full-resolution slices with every block in (always, without growing)."""
+        return self.step_count >= growth_steps(self.cfg, self.spec.image_size)
+
+    def _gen(self, z: Tensor, y: Tensor, res: int, alpha: float) -> Tensor:
+        if not self.spec.progressive:
+            return self.g_run(z, self._y(y))
+        return self.g_run(z, self._y(y), res=res, alpha=alpha)
+
+    def _dis(self, x: Tensor, y: Tensor | None, alpha: float) -> Tensor:
+        if not self.spec.progressive:
+            return self.d_run(x, y)
+        return self.d_run(x, y, alpha=alpha)
+
+    def _shrink(self, real: Tensor, res: int, alpha: float) -> Tensor:
+        """Real slices at the growing resolution, faded as G's output is (ProGAN)."""
+        s = self.spec.image_size
+        if res == s and alpha >= 1:
+            return real
+        x = F.avg_pool2d(real, s // res) if res < s else real  # (B, C, res, res)
+        if alpha < 1:
+            low = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest")
+            x = torch.lerp(low, x, alpha)
+        return x
+
     def _local(self, x: Tensor, y: Tensor) -> Tensor:
         """The local D's logits on lesion crops of (augmented, unweighted) slices: (B,)."""
         assert self.d_local_run is not None
+        if x.shape[-1] != self.spec.image_size:  # progressive growing: crops of the full field
+            x = F.interpolate(x, size=self.spec.image_size, mode="nearest")
         size = local_crop_size(self.spec.image_size)
         crops = lesion_crops(x, self.spec.channels, self.lesion_channels, size)
         return self.d_local_run(crops.contiguous(memory_format=torch.channels_last), y).float()
@@ -155,29 +220,47 @@ class Trainer:
     def _y(self, y: Tensor) -> Tensor | None:
         return y if self.spec.n_classes else None
 
-    def _d_step(self, real: Tensor, y: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _d_step(
+        self, real: Tensor, y: Tensor, fake: Tensor, alpha: float = 1.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
         cfg, b = self.cfg, real.shape[0]
         gp = self.loss.gradient_penalty
         seen = [self._diffaug(real), self._diffaug(fake)]  # the same views for both D's
+        # Lazy R1 (StyleGAN2): every r1_every-th D step, gamma/2 * |grad D(real)|^2, scaled by
+        # r1_every; the gradient is taken at the slice D sees (after DiffAugment), through both
+        # D's where there is a local one.
+        r1 = cfg.r1_weight > 0 and self.d_steps % cfg.r1_every == 0
+        self.d_steps += 1
+        if r1:
+            seen[0] = seen[0].detach().requires_grad_(True)
         parts, ys = [self._weigh(v) for v in seen], [y, y]
         if gp:
-            alpha = torch.rand(b, 1, 1, 1, device=real.device)
-            x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+            mix = torch.rand(b, 1, 1, 1, device=real.device)
+            x_hat = (mix * real + (1 - mix) * fake).requires_grad_(True)
             parts.append(x_hat)
             ys.append(y)
         with self._autocast():
             if self.separate:
-                outs = [self.d_run(p, self._y(yy)).float() for p, yy in zip(parts, ys, strict=True)]
+                outs = [
+                    self._dis(p, self._y(yy), alpha).float()
+                    for p, yy in zip(parts, ys, strict=True)
+                ]
             else:
                 cat = torch.cat(parts).contiguous(memory_format=torch.channels_last)
-                outs = list(self.d_run(cat, self._y(torch.cat(ys))).float().split(b))
+                outs = list(self._dis(cat, self._y(torch.cat(ys)), alpha).float().split(b))
             loss = self.loss.discriminator(outs[0], outs[1])
+            real_out = outs[0].sum()
             if self.d_local is not None:
                 local = self._local(torch.cat(seen), torch.cat([y, y])).split(b)
                 loss = loss + self.loss.discriminator(local[0], local[1])
+                real_out = real_out + local[0].sum()
         if gp:
             (grad,) = torch.autograd.grad(outs[2].sum(), x_hat, create_graph=True)
             loss = loss + cfg.gp_weight * (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+        if r1:
+            (grad,) = torch.autograd.grad(real_out, seen[0], create_graph=True)
+            penalty = grad.float().flatten(1).pow(2).sum(dim=1).mean()
+            loss = loss + 0.5 * cfg.r1_weight * cfg.r1_every * penalty
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
@@ -194,18 +277,23 @@ class Trainer:
             scores otherwise), on the device; reading it is the caller's host sync.
         """
         cfg = self.cfg
+        res, alpha = self.level()
         real, y = next_batch()
         z = torch.randn(real.shape[0], self.spec.nz, device=self.device)
         with self._autocast():
-            fake = self._harden(self.g_run(z, self._y(y)))  # (B, C, S, S)
+            fake = self._harden(self._gen(z, y, res, alpha))  # (B, C, res, res)
         for i in range(cfg.n_critic):
             if i > 0:
                 real, y = next_batch()
                 with torch.no_grad(), self._autocast():
-                    extra = self._harden(self.g_run(torch.randn_like(z), self._y(y)))
-                loss_d, d_real, d_fake = self._d_step(real, y, extra.float())
+                    extra = self._harden(self._gen(torch.randn_like(z), y, res, alpha))
+                loss_d, d_real, d_fake = self._d_step(
+                    self._shrink(real, res, alpha), y, extra.float(), alpha
+                )
             else:
-                loss_d, d_real, d_fake = self._d_step(real, y, fake.detach().float())
+                loss_d, d_real, d_fake = self._d_step(
+                    self._shrink(real, res, alpha), y, fake.detach().float(), alpha
+                )
         # G step: D's weights get no gradient (saves a third of D's backward), and under DDP
         # D's gradients are not all-reduced.
         self.d.requires_grad_(False)
@@ -217,7 +305,7 @@ class Trainer:
             self.d_local.requires_grad_(False)
         with sync, self._autocast():
             seen = self._diffaug(fake)
-            loss_g = self.loss.generator(self.d_run(self._weigh(seen), self._y(y)).float())
+            loss_g = self.loss.generator(self._dis(self._weigh(seen), self._y(y), alpha).float())
             if self.d_local is not None:
                 loss_g = loss_g + self.loss.generator(self._local(seen, y))
         self.opt_g.zero_grad(set_to_none=True)
@@ -254,6 +342,7 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "step": self.step_count,
+            "d_steps": self.d_steps,
         }
         if self.d_local is not None:
             state["D_local"] = self.d_local.state_dict()
@@ -268,3 +357,4 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.step_count = int(state["step"])
+        self.d_steps = int(state.get("d_steps", self.step_count * self.cfg.n_critic))

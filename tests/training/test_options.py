@@ -148,14 +148,17 @@ def test_mask_checks_need_masks_and_classes(tmp_path: Path) -> None:
             train(tiny(steps=2, d_mask=d_mask), plain, tmp_path / d_mask)
 
 
-def test_ddp_cpu_two_processes_with_local_discriminator_and_attention(
+def test_ddp_cpu_two_processes_with_local_discriminator_attention_growth_r1(
     store: Path, tmp_path: Path
 ) -> None:
     from tests.training.test_stage import _torchrun
 
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  d_mask: local\n  attention: 16\n")
+    params.write_text(
+        "train:\n  d_mask: local\n  attention: 16\n  grow_from: 8\n  r1_weight: 1.0\n"
+    )
     result = _torchrun(store, tmp_path / "m", ["--dry-run", "--params", str(params)])
     assert result.returncode == 0, result.stderr[-3000:]
     _, info = load_generator(tmp_path / "m")
     assert info.spec.d_mask == "local" and info.spec.attention == 16
+    assert info.spec.progressive == 8  # DDP with layers unused at some resolutions
