@@ -173,7 +173,9 @@ class TrainingRun:
         entry, better = self.judge.score(g, step)
         if live is not None:
             live.step = step
-            live.log_metric("fidelity/fid", entry["fid"])
+            for name in ("fid", "kid", "precision", "recall"):
+                if name in entry:
+                    live.log_metric(f"fidelity/{name}", entry[name])
             found = entry.get("consistency") or {}
             for name, share in (found.get("match") or {}).items():
                 live.log_metric(f"fidelity/match_{name}", share)

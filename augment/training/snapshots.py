@@ -22,12 +22,15 @@ import torch
 
 from augment.contracts.slice_store import SliceStore
 from augment.evaluation.fidelity.fid import fid
+from augment.evaluation.fidelity.kid import kid
+from augment.evaluation.fidelity.prdc import prdc
 from augment.nets.dcgan import DCGANSpec, Generator
 from augment.nets.features import RandomFeatures, extract_features
 from augment.training import consistency
 from augment.training.data import DataInfo, TrainData
 
 REFERENCE_SLICES = 2000  # training slices the FID is measured against (a seeded subset)
+PRDC_K = 5  # neighbours of the curve's precision and recall (evaluate's default k)
 
 
 def lesion_rule(store: SliceStore, info: DataInfo) -> tuple[list[int] | None, int]:
@@ -45,7 +48,8 @@ class SnapshotJudge:
     """Scores snapshots of a run and remembers the best one.
 
     Attributes:
-        history: one entry per scored step: step, FID, per-class match, contrast ratio.
+        history: one entry per scored step: step, FID, KID, precision, recall, per-class
+            match, contrast ratio.
         best_step: the step of the lowest FID so far (-1 before the first score).
     """
 
@@ -113,7 +117,13 @@ class SnapshotJudge:
             entry["fid"] = float("nan")
             self.history.append(entry)
             return entry, False
-        entry["fid"] = round(fid(self.reference, extract_features(RandomFeatures(), images)), 5)
+        feats = extract_features(RandomFeatures(), images)
+        entry["fid"] = round(fid(self.reference, feats), 5)
+        # The curve's other fidelity measures (logged, not selected on): KID, and PRDC's
+        # precision (samples on the real manifold) and recall (the real manifold covered).
+        entry["kid"] = round(kid(self.reference, feats, self.seed)[0], 6)
+        found_prdc = prdc(self.reference, feats, PRDC_K)
+        entry.update({name: round(found_prdc[name], 4) for name in ("precision", "recall")})
         if masks is not None and self.spec.n_classes:
             names = self.info.class_names or [str(i) for i in range(self.spec.n_classes)]
             found = consistency.measure(

@@ -68,9 +68,15 @@ def test_the_model_is_the_best_snapshot_when_fid_worsens(tmp_path: Path, monkeyp
     assert record["best_step"] == 4 and config["steps"] == 4
     assert [h["step"] for h in record["curve"]] == [2, 4, 6]
     assert set(record["curve"][0]["consistency"]["match"]) == {"normal", "lesion"}
+    for h in record["curve"]:  # the other fidelity measures of the curve, in their ranges
+        assert np.isfinite(h["kid"]) and 0 <= h["precision"] <= 1 and 0 <= h["recall"] <= 1
+    assert len({h["kid"] for h in record["curve"]}) == 3  # measured per snapshot
     load_generator(out)  # the rewritten model still checks out (checksum, spec)
     logged = (out / "live" / "plots" / "metrics" / "fidelity" / "fid.tsv").read_text()
     assert len(logged.strip().splitlines()) == 4  # header + three scores
+    for name in ("kid", "precision", "recall"):
+        tsv = out / "live" / "plots" / "metrics" / "fidelity" / f"{name}.tsv"
+        assert len(tsv.read_text().strip().splitlines()) == 4
 
 
 def _judge(min_match: float) -> SnapshotJudge:
