@@ -43,7 +43,7 @@ from augment.preprocessing.workers import pool_map, worker_pool
 from augment.training.data import TrainData, batches
 from augment.training.ddp import DistInfo
 from augment.training.stage import build_spec, training_device
-from augment.training.step import Trainer
+from augment.training.step import Trainer, growth_steps
 
 WARMUP_STEPS = 2  # the first steps allocate memory and pick kernels: not timed
 MIN_STEPS, MAX_STEPS = 5, 64  # timed steps: at least MIN_STEPS, then until TIMED_SECONDS
@@ -184,6 +184,9 @@ def estimate_training(
     spec = build_spec(cfg, size, channels, masks, n_classes)  # the networks train would build
     torch.manual_seed(cfg.seed)
     trainer = Trainer(spec, cfg, device)
+    # Progressive growing: time the full-resolution steps (the earlier phases are cheaper, so
+    # the estimate is an upper bound).
+    trainer.step_count = growth_steps(cfg, size)
     next_batch = batches(_random_data(spec, cfg.batch_size, n_classes, device), cfg, device,
                          torch.Generator(device=device).manual_seed(cfg.seed))  # fmt: skip
     for _ in range(WARMUP_STEPS):

@@ -138,3 +138,21 @@ def test_training_estimate_times_the_network_train_builds(demo, tmp_path):
     slower = check(cfg, [demo / "nifti"], train_cfg=wider)["training"]
     assert slower["seconds"] > 3 * est["seconds"]  # a measure: ~10x the time on 1 thread
     assert est["timed_steps"] <= 64 and slower["timed_steps"] >= 5
+
+
+def test_training_estimate_of_progressive_growing_times_full_resolution(monkeypatch):
+    from augment.preprocessing.check import estimate_training
+    from augment.training.step import Trainer
+
+    seen = []
+    real_step = Trainer.step
+
+    def spy(self, next_batch):
+        seen.append(self.level())
+        return real_step(self, next_batch)
+
+    monkeypatch.setattr(Trainer, "step", spy)
+    cfg = TrainConfig(**{**TINY_TRAIN, "grow_from": 8, "grow_steps": 10, "steps": 100})
+    est = estimate_training(cfg, 32, 1, 2, 3)
+    assert seen and set(seen) == {(32, 1.0)}  # never the cheaper 8 or 16 px phases
+    assert est["spec"]["progressive"] == 8
