@@ -17,9 +17,12 @@ def kid(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> tuple[float, float
     size = min(1000, len(real), len(fake))
     with warnings.catch_warnings():  # the buffer warning is about Inception-sized inputs
         warnings.simplefilter("ignore", UserWarning)
+        # sync_on_compute=False: the training run's judge computes KID on the main process of
+        # a torchrun job only; torchmetrics would otherwise wait for the others to gather.
         metric = KernelInceptionDistance(
-            feature=_Precomputed(real.shape[1]), subsets=50, subset_size=size
-        )
+            feature=_Precomputed(real.shape[1]), subsets=50, subset_size=size,
+            sync_on_compute=False,
+        )  # fmt: skip
     metric.update(torch.from_numpy(real).double(), real=True)
     metric.update(torch.from_numpy(fake).double(), real=False)
     with torch.random.fork_rng():  # KID draws its subsets from torch's global generator
