@@ -11,6 +11,7 @@ import torch
 from augment.contracts.model_dir import load_generator
 from augment.errors import ConfigError
 from augment.nets.dcgan import DCGANSpec, Discriminator, Generator
+from augment.training.losses import LOSSES
 from augment.training.stage import train
 from augment.training.step import growth_level, growth_steps
 from tests.training.test_options import _trainer
@@ -110,8 +111,12 @@ def test_growing_run_scores_only_the_grown_generator(store: Path, tmp_path: Path
     assert {Image.open(p).size for p in grids} == {(8 * 32, 8 * 32)}
 
 
-def test_growing_trainer_steps_at_every_level(store: Path) -> None:
-    cfg = tiny(grow_from=8, grow_steps=2, steps=8, loss="wgan-gp", n_critic=2)
+@pytest.mark.parametrize("loss", LOSSES.names())
+def test_growing_trainer_steps_at_every_level(store: Path, loss: str) -> None:
+    plain = {"spectral_norm": False, "d_batchnorm": True} if loss == "bce" else {}  # Radford's D
+    gp = LOSSES.get(loss).gradient_penalty
+    cfg = tiny(grow_from=8, grow_steps=2, steps=8, loss=loss, n_critic=2 if gp else 1,
+               r1_weight=0 if gp else 1.0, r1_every=1, d_mask="local", **plain)  # fmt: skip
     trainer, next_batch = _trainer(store, cfg)
     seen = []
     for _ in range(6):
