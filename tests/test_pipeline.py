@@ -31,7 +31,9 @@ TINY = {
     "preprocess": {"size": 32, "workers": 1},
     "train": {"steps": 30, "ngf": 16, "ndf": 16, "batch_size": 16, "log_every": 5,
               "sample_every": 15, "checkpoint_every": 15},
-    "sample": {"n": 40, "batch_size": 20},
+    # accept: all: 30 steps draw no lesion masks, and the demo's "consistent" filter would stop
+    # the stage (as it should; tests/sampling/test_accept.py covers that path).
+    "sample": {"n": 40, "batch_size": 20, "accept": "all"},
     "evaluate": {"seeds": 2, "steps": 20, "seg_steps": 10, "unet_width": 4, "bootstrap": 200},
 }  # fmt: skip
 
