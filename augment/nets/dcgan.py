@@ -97,14 +97,14 @@ class DCGANSpec:
             raise ValueError(f"expected d_mask in {D_MASKS}, got {self.d_mask!r}")
         if self.d_mask != "none" and (self.mask_channels == 0 or self.n_classes == 0):
             raise ValueError(f"d_mask {self.d_mask!r} needs mask channels and classes")
-        if self.attention and self.attention not in _resolutions(self.image_size):
+        if self.attention and self.attention not in inner_resolutions(self.image_size):
             raise ValueError(
-                f"expected attention 0 or one of {_resolutions(self.image_size)}, "
+                f"expected attention 0 or one of {inner_resolutions(self.image_size)}, "
                 f"got {self.attention}"
             )
-        if self.progressive and self.progressive not in _resolutions(self.image_size):
+        if self.progressive and self.progressive not in inner_resolutions(self.image_size):
             raise ValueError(
-                f"expected progressive 0 or one of {_resolutions(self.image_size)}, "
+                f"expected progressive 0 or one of {inner_resolutions(self.image_size)}, "
                 f"got {self.progressive}"
             )
         if self.progressive and self.d_mask == "projection":
@@ -134,7 +134,7 @@ class DCGANSpec:
         """Resolutions with their own image layers (progressive growing): start .. S/2."""
         if not self.progressive:
             return ()
-        return tuple(r for r in _resolutions(self.image_size) if r >= self.progressive)
+        return tuple(r for r in inner_resolutions(self.image_size) if r >= self.progressive)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
@@ -156,8 +156,9 @@ class DCGANSpec:
         return cls(**d)
 
 
-def _resolutions(size: int) -> tuple[int, ...]:
-    """Resolutions where self-attention may sit: 8 .. S/2 (G's and D's hidden layers)."""
+def inner_resolutions(size: int) -> tuple[int, ...]:
+    """G's and D's hidden resolutions, 8 .. S/2: where self-attention may sit and progressive
+    growing may start."""
     return tuple(2**k for k in range(3, int(math.log2(size))))
 
 

@@ -13,7 +13,6 @@ guard), ``checkpoint``, ``pictures`` and ``ddp``.
 from __future__ import annotations
 
 import errno
-import math
 import random
 import shutil
 import sys
@@ -29,7 +28,7 @@ from augment.config import TrainConfig
 from augment.contracts.model_dir import CHECKPOINT_FILE, CONFIG_FILE, GENERATOR_FILE
 from augment.contracts.slice_store import SliceStore
 from augment.errors import ConfigError, StoreError
-from augment.nets.dcgan import DCGANSpec
+from augment.nets.dcgan import DCGANSpec, inner_resolutions
 from augment.nets.device import resolve_device
 from augment.parallel import idle_cores
 from augment.training.checkpoint import (
@@ -124,7 +123,7 @@ def _check_growth(cfg: TrainConfig, size: int) -> None:
     """Progressive growing must start below S, reach S within the run, and not be compiled."""
     if not cfg.grow_from:
         return
-    starts = [2**k for k in range(3, int(math.log2(size)))]
+    starts = list(inner_resolutions(size))
     if cfg.grow_from not in starts:
         raise ConfigError(f"train.grow_from: expected 0 or one of {starts} at {size} px, "
                           f"got {cfg.grow_from}")  # fmt: skip
