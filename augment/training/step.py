@@ -249,16 +249,17 @@ class Trainer:
                 cat = torch.cat(parts).contiguous(memory_format=torch.channels_last)
                 outs = list(self._dis(cat, self._y(torch.cat(ys)), alpha).float().split(b))
             loss = self.loss.discriminator(outs[0], outs[1])
-            real_out = outs[0].sum()
+            reals = [outs[0]]  # D's outputs on the real slices (R1's gradient is of their sum)
             if self.d_local is not None:
                 local = self._local(torch.cat(seen), torch.cat([y, y])).split(b)
                 loss = loss + self.loss.discriminator(local[0], local[1])
-                real_out = real_out + local[0].sum()
+                reals.append(local[0])
         if gp:
             (grad,) = torch.autograd.grad(outs[2].sum(), x_hat, create_graph=True)
             loss = loss + cfg.gp_weight * (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
         if r1:
-            (grad,) = torch.autograd.grad(real_out, seen[0], create_graph=True)
+            total = torch.stack([r.sum() for r in reals]).sum()
+            (grad,) = torch.autograd.grad(total, seen[0], create_graph=True)
             penalty = grad.float().flatten(1).pow(2).sum(dim=1).mean()
             loss = loss + 0.5 * cfg.r1_weight * cfg.r1_every * penalty
         self.opt_d.zero_grad(set_to_none=True)
