@@ -67,12 +67,9 @@ def fixed_grid(
 
     ``res`` and ``alpha``: progressive growing's current output, shown enlarged to S.
     """
-    yy = y if g.spec.n_classes else None
-    s = g.spec.image_size
-    if (res or s) == s and alpha >= 1:
-        out = g(z, yy).float()  # (64, C, S, S)
-    else:
-        out = F.interpolate(g(z, yy, res=res, alpha=alpha).float(), size=s, mode="nearest")
+    out = g(z, y if g.spec.n_classes else None, res=res, alpha=alpha).float()  # (64, C, r, r)
+    if out.shape[-1] != g.spec.image_size:
+        out = F.interpolate(out, size=g.spec.image_size, mode="nearest")  # (64, C, S, S)
     images = out[:, : g.spec.channels].cpu().numpy()
     return tiles(images, channel_ids(out, g.spec), GRID_SIDE)
 
