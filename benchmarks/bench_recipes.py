@@ -88,11 +88,16 @@ def _records(runs: Path) -> list[tuple[str, int, dict[str, Any]]]:
 
 
 def _keep(curve: list[dict], budget: int, floor: float) -> tuple[dict, bool]:
-    """The snapshot the judge keeps within ``budget`` steps (with ``select_min_match``)."""
-    scored = [h for h in curve if h["step"] <= budget and np.isfinite(h["fid"])]
-    met = [h for h in scored
-           if all(v >= floor for v in h["consistency"]["match"].values())]  # fmt: skip
-    return min(met or scored, key=lambda h: h["fid"]), bool(met)
+    """The snapshot train's judge keeps within ``budget`` steps (its rule, ``select_min_match``).
+
+    The judge's selection needs only the scored entries, so its other fields are placeholders.
+    """
+    judge = SnapshotJudge(None, None, 0, 0, None, 1, np.zeros((1, 1)), float("nan"),  # type: ignore[arg-type]
+                          min_match=floor)  # fmt: skip
+    for h in curve:
+        if h["step"] <= budget and np.isfinite(h["fid"]):
+            judge.keep(h)
+    return next(h for h in curve if h["step"] == judge.best_step), judge.best_met_floor
 
 
 def table(args: argparse.Namespace) -> None:
